@@ -1,0 +1,76 @@
+# apiguard: everything a fresh Linux machine needs is installed from here.
+#   make run    build, start Envoy with the demo policy, print curl commands
+#   make test   host unit tests + end-to-end tests against real Envoy
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+ENVOY       := $(VENV)/bin/envoy
+WASM_TARGET := wasm32-wasip1
+WASM        := target/$(WASM_TARGET)/release/apiguard.wasm
+CLI         := target/release/apiguard
+GIT_REV     := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
+
+export APIGUARD_GIT_REVISION := $(GIT_REV)
+
+.PHONY: help deps wasm cli run test unit e2e lint fmt bench fuzz soak clean envoy-config
+
+help:
+	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
+	@echo "make test    host unit tests + end-to-end tests against real Envoy"
+	@echo "make lint    cargo fmt --check + clippy (host and wasm32) with -D warnings"
+
+# --- installs -------------------------------------------------------------------------
+.wasm-target.stamp:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@touch $@
+
+$(ENVOY): e2e/requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r e2e/requirements.txt
+	@touch $@
+
+deps: .wasm-target.stamp $(ENVOY)
+
+# --- builds ---------------------------------------------------------------------------
+$(WASM): .wasm-target.stamp $(RUST_SRC)
+	cargo build --target $(WASM_TARGET) --release --lib
+	@ls -l $(WASM) | awk '{print "apiguard.wasm: " $$5 " bytes"}'
+
+$(CLI): $(RUST_SRC)
+	cargo build --release --bin apiguard
+
+wasm: $(WASM)
+cli: $(CLI)
+
+envoy-config: $(CLI)
+	$(PY) envoy/render.py
+
+# --- run ------------------------------------------------------------------------------
+run: deps $(WASM) $(CLI)
+	@scripts/run-demo.sh
+
+# --- tests ----------------------------------------------------------------------------
+unit:
+	cargo test --all-targets
+
+e2e: deps $(WASM) $(CLI)
+	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath $(CLI)) \
+		$(PY) -m pytest e2e -q -p no:cacheprovider
+
+test: deps unit e2e
+
+lint: .wasm-target.stamp
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .wasm-target.stamp .run

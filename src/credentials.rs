@@ -1,0 +1,193 @@
+//! Finding a bearer credential in a request, and removing it before the upstream.
+
+use crate::policy::TokenSource;
+
+/// What one token source found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    None,
+    Token(String),
+    /// The same source twice (two `Authorization` headers, `?t=a&t=b`): refused, never guessed.
+    Ambiguous,
+}
+
+/// Extracts the credential of one source. `headers` have lowercase names.
+pub fn extract(source: &TokenSource, headers: &[(String, String)], query: &str) -> Found {
+    match source {
+        TokenSource::Header { name, prefix } => {
+            let mut values = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            let (Some(value), None) = (values.next(), values.next()) else {
+                return if headers.iter().any(|(n, _)| n == name) {
+                    Found::Ambiguous
+                } else {
+                    Found::None
+                };
+            };
+            // Envoy joins repeated headers of some names with commas.
+            if value.contains(',') {
+                return Found::Ambiguous;
+            }
+            let token = match prefix {
+                None => value.trim(),
+                Some(p) => match strip_prefix_ignore_case(value, p) {
+                    Some(rest) => rest.trim(),
+                    // Another scheme (e.g. `Basic`) is not ours to judge.
+                    None => return Found::None,
+                },
+            };
+            if token.is_empty() {
+                Found::None
+            } else {
+                Found::Token(token.to_string())
+            }
+        }
+        TokenSource::Query(param) => {
+            let mut hits = query_pairs(query).filter(|(k, _)| k == param).map(|(_, v)| v);
+            match (hits.next(), hits.next()) {
+                (Some(v), None) if !v.is_empty() => Found::Token(v),
+                (Some(_), Some(_)) => Found::Ambiguous,
+                _ => Found::None,
+            }
+        }
+        TokenSource::Cookie(name) => {
+            let mut hits = cookies(headers).filter(|(k, _)| k == name).map(|(_, v)| v);
+            match (hits.next(), hits.next()) {
+                (Some(v), None) if !v.is_empty() => Found::Token(v.to_string()),
+                (Some(_), Some(_)) => Found::Ambiguous,
+                _ => Found::None,
+            }
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix) {
+        value.get(prefix.len()..)
+    } else {
+        None
+    }
+}
+
+/// `k=v` pairs of a query string, percent-decoded (`+` is left alone: JWTs never hold it).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cookies(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+}
+
+/// The `:path` without the query parameter `param`.
+pub fn path_without_query_param(path: &str, query: &str, param: &str) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| percent_decode(p.split_once('=').map_or(p, |(k, _)| k)) != param)
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// The `cookie` header without cookie `name`; None when nothing is left.
+pub fn cookie_header_without(headers: &[(String, String)], name: &str) -> Option<String> {
+    let kept: Vec<String> = cookies(headers)
+        .filter(|(k, _)| *k != name)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    fn bearer() -> TokenSource {
+        TokenSource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }
+    }
+
+    #[test]
+    fn header_prefix_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
+            assert_eq!(extract(&bearer(), &h(&[("authorization", v)]), ""), Found::Token("abc".into()));
+        }
+        assert_eq!(extract(&bearer(), &h(&[("authorization", "Basic abc")]), ""), Found::None);
+        assert_eq!(extract(&bearer(), &h(&[("authorization", "Bearer ")]), ""), Found::None);
+        assert_eq!(extract(&bearer(), &h(&[]), ""), Found::None);
+    }
+
+    #[test]
+    fn duplicates_are_ambiguous() {
+        let hs = h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(extract(&bearer(), &hs, ""), Found::Ambiguous);
+        let hs = h(&[("authorization", "Bearer a, Bearer b")]);
+        assert_eq!(extract(&bearer(), &hs, ""), Found::Ambiguous);
+        assert_eq!(extract(&TokenSource::Query("t".into()), &[], "t=a&t=b"), Found::Ambiguous);
+        let hs = h(&[("cookie", "s=a"), ("cookie", "s=b")]);
+        assert_eq!(extract(&TokenSource::Cookie("s".into()), &hs, ""), Found::Ambiguous);
+    }
+
+    #[test]
+    fn query_and_cookie_sources() {
+        assert_eq!(
+            extract(&TokenSource::Query("access_token".into()), &[], "a=1&access_token=x.y.z"),
+            Found::Token("x.y.z".into())
+        );
+        let hs = h(&[("cookie", "a=1; session=x.y.z; b=2")]);
+        assert_eq!(extract(&TokenSource::Cookie("session".into()), &hs, ""), Found::Token("x.y.z".into()));
+    }
+
+    #[test]
+    fn credential_removal() {
+        assert_eq!(path_without_query_param("/p", "a=1&t=x&b=2", "t"), "/p?a=1&b=2");
+        assert_eq!(path_without_query_param("/p", "t=x", "t"), "/p");
+        let hs = h(&[("cookie", "a=1; session=x")]);
+        assert_eq!(cookie_header_without(&hs, "session").as_deref(), Some("a=1"));
+        let hs = h(&[("cookie", "session=x")]);
+        assert_eq!(cookie_header_without(&hs, "session"), None);
+    }
+
+    #[test]
+    fn percent_decoding_never_panics() {
+        assert_eq!(percent_decode("%41%4"), "A%4");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+    }
+}

@@ -1,0 +1,471 @@
+//! The only module that touches `proxy_wasm`: it adapts Envoy's callbacks to the pure core.
+//!
+//! One `Root` per worker VM (and one on the main thread) holds the compiled policy, the
+//! worker's `Engine` and the remote-JWKS state; HTTP contexts borrow them per request.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::engine::{Decision, Engine, Metrics, RequestHead, Verdict};
+use crate::host::{CasError, Clock, SharedStore, SignatureHost};
+use crate::hostcrypto::{decode_verify_result, encode_verify_args};
+use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
+use crate::jwt::Jwks;
+use crate::policy::{KeySource, Policy};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const GIT_REVISION: &str = match option_env!("APIGUARD_GIT_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+const TICK: Duration = Duration::from_millis(250);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        // A panic aborts the VM; say where, at the highest level, before it happens.
+        let _ = hostcalls::log(LogLevel::Critical, &format!("apiguard panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now_millis(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), Some(cas))) => Some((v, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(CasError::Mismatch),
+            Err(_) => Err(CasError::Failed),
+        }
+    }
+}
+
+/// Envoy's BoringSSL through the `verify_signature` foreign function; remembers when the
+/// host lacks it so the pure-Rust fallback does not pay for a failing call every time.
+struct HostCrypto {
+    available: Cell<bool>,
+}
+
+impl SignatureHost for HostCrypto {
+    fn verify_signature(&self, hash: &str, spki_der: &[u8], signature: &[u8], message: &[u8]) -> Option<bool> {
+        if !self.available.get() {
+            return None;
+        }
+        let args = encode_verify_args(hash, spki_der, signature, message);
+        match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+            Ok(Some(result)) => Some(decode_verify_result(&result)),
+            Ok(None) => Some(false),
+            Err(Status::NotFound) => {
+                self.available.set(false);
+                log(LogLevel::Warn, "apiguard: host has no verify_signature; verifying in wasm");
+                None
+            }
+            // BadArgument: BoringSSL could not use the key; a refusal, not a reason to retry.
+            Err(_) => Some(false),
+        }
+    }
+}
+
+/// Envoy counters, defined on first use.
+#[derive(Default)]
+struct HostMetrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics for HostMetrics {
+    fn incr(&mut self, name: &str) {
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, name) {
+                Ok(id) => {
+                    self.ids.insert(name.to_string(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// Remote JWKS of one provider, as seen by this VM.
+struct RemoteKeys {
+    provider: usize,
+    sync: JwksSync,
+    parsed_generation: Option<u64>,
+}
+
+/// What one worker VM shares between its root and its HTTP contexts.
+struct Worker {
+    engine: RefCell<Engine>,
+    remotes: RefCell<Vec<RemoteKeys>>,
+    metrics: RefCell<HostMetrics>,
+    crypto: HostCrypto,
+}
+
+#[derive(Default)]
+struct Root {
+    worker: Option<Rc<Worker>>,
+    /// Dispatched JWKS calls: token → (index into `remotes`, deadline in ms).
+    in_flight: HashMap<u32, (usize, u64)>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some((remote, _)) = self.in_flight.remove(&token_id) else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|s| String::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = self.get_http_call_response_body(0, body_size);
+        let Some(worker) = self.worker.clone() else { return };
+        let now = HostClock.now_millis();
+        let (next, event) = {
+            let mut remotes = worker.remotes.borrow_mut();
+            let Some(r) = remotes.get_mut(remote) else { return };
+            r.sync.on_response(now, &HostStore, status, body.as_deref())
+        };
+        self.record(&worker, remote, event);
+        if let Some(req) = next {
+            self.dispatch(&worker, remote, req, now);
+        }
+        self.refresh_keys(&worker);
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        log(
+            LogLevel::Info,
+            &format!("apiguard {VERSION} (git {GIT_REVISION}) starting"),
+        );
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config: Bytes = match hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(c)) => c,
+            _ => Vec::new(),
+        };
+        let policy = match Policy::from_json(&config) {
+            Ok(p) => Rc::new(p),
+            Err(errors) => {
+                for e in &errors {
+                    log(LogLevel::Error, &format!("apiguard: invalid policy: {e}"));
+                }
+                log(
+                    LogLevel::Error,
+                    &format!("apiguard: policy rejected with {} error(s)", errors.len()),
+                );
+                return false;
+            }
+        };
+        let nonce = HostClock.now_millis() ^ (self as *const Root as u64).rotate_left(32);
+        let remotes = policy
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match &p.keys {
+                KeySource::Remote(spec) => Some(RemoteKeys {
+                    provider: i,
+                    sync: JwksSync::new(spec.clone(), nonce.wrapping_add(i as u64)),
+                    parsed_generation: None,
+                }),
+                KeySource::Inline(_) => None,
+            })
+            .collect::<Vec<_>>();
+        let has_remotes = !remotes.is_empty();
+        let worker = Rc::new(Worker {
+            engine: RefCell::new(Engine::new(policy.clone())),
+            remotes: RefCell::new(remotes),
+            metrics: RefCell::new(HostMetrics::default()),
+            crypto: HostCrypto {
+                available: Cell::new(true),
+            },
+        });
+        // Keys another VM already fetched (or a previous policy with the same provider)
+        // are usable at once.
+        self.refresh_keys(&worker);
+        self.worker = Some(worker);
+        self.in_flight.clear();
+        if has_remotes {
+            let _ = hostcalls::set_tick_period(TICK);
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "apiguard: policy loaded: {} provider(s), {} route(s)",
+                policy.providers.len(),
+                policy.routes.len()
+            ),
+        );
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let now = HostClock.now_millis();
+        // Our own deadline: a cluster without a healthy endpoint can leave a call queued.
+        let expired: Vec<(u32, usize)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, deadline))| now > *deadline)
+            .map(|(t, (r, _))| (*t, *r))
+            .collect();
+        for (token, remote) in expired {
+            self.in_flight.remove(&token);
+            let event = worker
+                .remotes
+                .borrow_mut()
+                .get_mut(remote)
+                .and_then(|r| r.sync.on_timeout(now, &HostStore));
+            self.record(&worker, remote, event);
+        }
+        let count = worker.remotes.borrow().len();
+        for remote in 0..count {
+            if self.in_flight.values().any(|(r, _)| *r == remote) {
+                continue;
+            }
+            let req = worker
+                .remotes
+                .borrow_mut()
+                .get_mut(remote)
+                .and_then(|r| r.sync.on_tick(now, &HostStore));
+            if let Some(req) = req {
+                self.dispatch(&worker, remote, req, now);
+            }
+        }
+        self.refresh_keys(&worker);
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            worker: self.worker.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    fn dispatch(&mut self, worker: &Worker, remote: usize, req: FetchRequest, now: u64) {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", req.path.as_str()),
+            (":authority", req.authority.as_str()),
+            ("accept", "application/json"),
+            ("user-agent", "apiguard"),
+        ];
+        let timeout = Duration::from_millis(req.timeout_ms);
+        match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
+            Ok(token) => {
+                self.in_flight
+                    .insert(token, (remote, now.saturating_add(req.timeout_ms).saturating_add(1000)));
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("apiguard: cannot call cluster `{}` for JWKS: {e:?} (is the cluster defined?)", req.cluster),
+                );
+                let event = worker
+                    .remotes
+                    .borrow_mut()
+                    .get_mut(remote)
+                    .and_then(|r| r.sync.on_timeout(now, &HostStore));
+                self.record(worker, remote, event);
+            }
+        }
+    }
+
+    fn record(&self, worker: &Worker, remote: usize, event: Option<FetchEvent>) {
+        let Some(event) = event else { return };
+        let name = {
+            let remotes = worker.remotes.borrow();
+            let engine = worker.engine.borrow();
+            remotes
+                .get(remote)
+                .and_then(|r| engine.policy().providers.get(r.provider))
+                .map(|p| p.name.clone())
+                .unwrap_or_default()
+        };
+        match event {
+            FetchEvent::Published { generation, keys, rejected } => {
+                worker
+                    .metrics
+                    .borrow_mut()
+                    .incr(&format!("apiguard.jwks.{name}.fetch_success"));
+                log(
+                    LogLevel::Info,
+                    &format!("apiguard: JWKS of `{name}` published: {keys} key(s), generation {generation}"),
+                );
+                for r in rejected {
+                    log(LogLevel::Warn, &format!("apiguard: JWKS of `{name}`: skipped {r}"));
+                }
+            }
+            FetchEvent::Failed { reason } => {
+                worker
+                    .metrics
+                    .borrow_mut()
+                    .incr(&format!("apiguard.jwks.{name}.fetch_failure"));
+                log(
+                    LogLevel::Warn,
+                    &format!("apiguard: JWKS fetch for `{name}` failed: {reason}; keeping the last good keys"),
+                );
+            }
+        }
+    }
+
+    /// Re-parses a provider's keys when another VM (or this one) published a new generation.
+    fn refresh_keys(&self, worker: &Worker) {
+        let mut remotes = worker.remotes.borrow_mut();
+        for r in remotes.iter_mut() {
+            let Some(generation) = r.sync.shared_generation(&HostStore) else {
+                continue;
+            };
+            if r.parsed_generation == Some(generation) {
+                continue;
+            }
+            let Some(shared) = r.sync.shared_keys(&HostStore) else {
+                continue;
+            };
+            match Jwks::parse(&shared.jwks_json) {
+                Ok(parsed) if !parsed.jwks.is_empty() => {
+                    worker
+                        .engine
+                        .borrow_mut()
+                        .set_keys(r.provider, Rc::new(parsed.jwks), shared.generation);
+                    r.parsed_generation = Some(shared.generation);
+                }
+                _ => r.parsed_generation = Some(shared.generation),
+            }
+        }
+    }
+}
+
+struct Request {
+    worker: Option<Rc<Worker>>,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            // No valid policy: fail closed.
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "text/plain")], Some(b"apiguard: no policy\n"));
+            return Action::Pause;
+        };
+        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            // Envoy allows obs-text in values; never assume UTF-8.
+            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let request_id = headers
+            .iter()
+            .find(|(k, _)| k == "x-request-id")
+            .map(|(_, v)| v.as_str());
+        let head = RequestHead {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            headers: &headers,
+            request_id,
+        };
+        let decision = {
+            let mut engine = worker.engine.borrow_mut();
+            let mut metrics = worker.metrics.borrow_mut();
+            engine.on_request_headers(&head, &HostClock, &worker.crypto, &mut *metrics)
+        };
+        if !decision.refetch.is_empty() {
+            let now = HostClock.now_millis();
+            for r in worker.remotes.borrow().iter() {
+                if decision.refetch.contains(&r.provider) {
+                    r.sync.request_refetch(now, &HostStore);
+                }
+            }
+        }
+        self.apply(decision, request_id)
+    }
+}
+
+impl Request {
+    fn apply(&self, decision: Decision, request_id: Option<&str>) -> Action {
+        match decision.verdict {
+            Verdict::Allow(m) => {
+                for name in &m.remove_headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                }
+                for (name, value) in &m.set_headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                if let Some(path) = &m.new_path {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
+                }
+                Action::Continue
+            }
+            Verdict::Deny(denial) => {
+                log(
+                    LogLevel::Info,
+                    &serde_json::json!({
+                        "apiguard": "deny",
+                        "status": denial.status,
+                        "reason": denial.reason,
+                        "route": decision.route,
+                        "principal": decision.principal,
+                        "request_id": request_id,
+                    })
+                    .to_string(),
+                );
+                let headers = denial.response_headers();
+                let body = denial.body(request_id);
+                let _ = hostcalls::send_http_response(
+                    u32::from(denial.status),
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                    Some(body.as_bytes()),
+                );
+                Action::Pause
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! apiguard: an API-security filter for Envoy and Istio, built as a proxy-wasm module.
+//!
+//! Everything except `glue` is pure Rust that takes its host (clock, shared store,
+//! signature verification) through the traits in `host`, so it is tested with `cargo test`.
+
+pub mod authz;
+pub mod credentials;
+pub mod engine;
+pub mod host;
+pub mod hostcrypto;
+pub mod jwks_sync;
+pub mod jwt;
+pub mod policy;
+pub mod problem;
+pub mod routes;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

@@ -1,0 +1,516 @@
+//! Parse, then compile: raw policy JSON → validated `Policy`, or every error with its JSON path.
+
+pub mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::authz::{ScopeRequirement, DEFAULT_SCOPE_CLAIMS};
+use crate::jwks_sync::RemoteSpec;
+use crate::jwt::{Alg, Jwks, Rules};
+use crate::routes::{CompiledRoute, PathMatch, RouteTable};
+use raw::*;
+
+pub const DEFAULT_REALM: &str = "apiguard";
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 60;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 1024;
+
+/// One problem in a policy, located by its JSON path (`providers[0].jwks.remote.uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "policy: {}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Deny,
+    Allow,
+}
+
+/// The compiled, validated policy. Built once per configuration, shared by every request.
+pub struct Policy {
+    pub realm: String,
+    pub unmatched: Unmatched,
+    pub providers: Vec<Provider>,
+    pub routes: RouteTable<Route>,
+    pub token_cache_size: usize,
+    /// Every header apiguard itself writes; incoming copies are always removed.
+    pub owned_headers: Vec<String>,
+}
+
+pub struct Provider {
+    pub name: String,
+    pub rules: Rules,
+    pub keys: KeySource,
+    pub sources: Vec<TokenSource>,
+    pub claims_to_headers: Vec<ClaimHeader>,
+    pub forward_payload_header: Option<String>,
+    pub forward: bool,
+    pub scope_claims: Vec<String>,
+}
+
+pub enum KeySource {
+    Inline(Rc<Jwks>),
+    Remote(RemoteSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Lowercase header name, and a scheme prefix matched case-insensitively (RFC 7235).
+    Header { name: String, prefix: Option<String> },
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+pub struct Route {
+    pub name: String,
+    pub access: Access,
+    pub scopes: ScopeRequirement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Indexes into `Policy::providers`; a token from any of them is accepted.
+    Providers(Vec<usize>),
+}
+
+impl Policy {
+    /// Parses the JSON the filter receives from Envoy.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid JSON: {e}"),
+            }]
+        })?;
+        Policy::try_from(value)
+    }
+
+    /// Parses YAML (Istio `pluginConfig`, files for `apiguard check`); same schema.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_yaml(text: &str) -> Result<Policy, Vec<ConfigError>> {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+            }]
+        })?;
+        Policy::try_from(value)
+    }
+
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+}
+
+impl TryFrom<Value> for Policy {
+    type Error = Vec<ConfigError>;
+
+    fn try_from(value: Value) -> Result<Policy, Vec<ConfigError>> {
+        let mut errors = Errors::default();
+        let raw: RawPolicy = errors.parse(value, "").ok_or_else(|| errors.take())?;
+
+        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
+        if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+            errors.push("realm", "must not contain quotes, backslashes or control characters");
+        }
+        let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if !(512..=65536).contains(&max_token_bytes) {
+            errors.push("max_token_bytes", "must be between 512 and 65536");
+        }
+
+        let mut providers = Vec::new();
+        let mut names = HashSet::new();
+        for (i, item) in raw.providers.into_iter().enumerate() {
+            let path = format!("providers[{i}]");
+            let Some(rp) = errors.parse::<RawProvider>(item, &path) else {
+                continue;
+            };
+            if !names.insert(rp.name.clone()) {
+                errors.push(format!("{path}.name"), format!("duplicate provider name `{}`", rp.name));
+            }
+            if let Some(p) = compile_provider(rp, &path, max_token_bytes, &mut errors) {
+                providers.push(p);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
+        for (i, item) in raw.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let Some(rr) = errors.parse::<RawRoute>(item, &path) else {
+                continue;
+            };
+            if !route_names.insert(rr.name.clone()) {
+                errors.push(format!("{path}.name"), format!("duplicate route name `{}`", rr.name));
+            }
+            if let Some(r) = compile_route(rr, &path, &providers, &names, &mut errors) {
+                routes.push(r);
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors.take());
+        }
+        let mut owned_headers: Vec<String> = Vec::new();
+        for p in &providers {
+            owned_headers.extend(p.claims_to_headers.iter().map(|c| c.header.clone()));
+            owned_headers.extend(p.forward_payload_header.iter().cloned());
+        }
+        owned_headers.sort();
+        owned_headers.dedup();
+        Ok(Policy {
+            realm,
+            unmatched: match raw.unmatched {
+                Some(RawUnmatched::Allow) => Unmatched::Allow,
+                _ => Unmatched::Deny,
+            },
+            providers,
+            routes: RouteTable::new(routes),
+            token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),
+            owned_headers,
+        })
+    }
+}
+
+fn compile_provider(
+    rp: RawProvider,
+    path: &str,
+    max_token_bytes: usize,
+    errors: &mut Errors,
+) -> Option<Provider> {
+    let start = errors.len();
+    if rp.name.is_empty() || !rp.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+        errors.push(format!("{path}.name"), "must be non-empty letters, digits, `-` or `_` (it appears in stat names)");
+    }
+    if rp.issuer.is_empty() {
+        errors.push(format!("{path}.issuer"), "must not be empty");
+    }
+    let algorithms = rp.algorithms.map(|names| {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(j, n)| {
+                let alg = Alg::parse(n);
+                if alg.is_none() {
+                    errors.push(
+                        format!("{path}.algorithms[{j}]"),
+                        format!("`{n}` is not a supported JWS algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
+                    );
+                }
+                alg
+            })
+            .collect::<Vec<_>>()
+    });
+    let keys = match (rp.jwks.inline, rp.jwks.remote) {
+        (Some(_), Some(_)) | (None, None) => {
+            errors.push(format!("{path}.jwks"), "set exactly one of `inline` or `remote`");
+            None
+        }
+        (Some(inline), None) => compile_inline_jwks(inline, &format!("{path}.jwks.inline"), errors),
+        (None, Some(remote)) => compile_remote(remote, &rp.name, &format!("{path}.jwks.remote"), errors),
+    };
+    let sources = match rp.from {
+        None => vec![TokenSource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }],
+        Some(list) if list.is_empty() => {
+            errors.push(format!("{path}.from"), "must name at least one token source");
+            Vec::new()
+        }
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, s)| compile_source(s, &format!("{path}.from[{j}]"), errors))
+            .collect(),
+    };
+    let mut claims_to_headers = Vec::new();
+    for (j, ch) in rp.claims_to_headers.into_iter().enumerate() {
+        let here = format!("{path}.claims_to_headers[{j}]");
+        if ch.claim.is_empty() {
+            errors.push(format!("{here}.claim"), "must not be empty");
+        }
+        if let Some(header) = check_header_name(&ch.header, &format!("{here}.header"), errors) {
+            claims_to_headers.push(ClaimHeader {
+                claim: ch.claim,
+                header,
+            });
+        }
+    }
+    let forward_payload_header = rp
+        .forward_payload_header
+        .and_then(|h| check_header_name(&h, &format!("{path}.forward_payload_header"), errors));
+    if let Some(types) = &rp.typ {
+        if types.is_empty() {
+            errors.push(format!("{path}.typ"), "an empty allow-list would reject every token; omit it instead");
+        }
+    }
+    if let Some(0) = rp.max_lifetime_seconds {
+        errors.push(format!("{path}.max_lifetime_seconds"), "must be positive");
+    }
+    let scope_claims = match rp.scope_claims {
+        Some(list) if list.is_empty() => {
+            errors.push(format!("{path}.scope_claims"), "must name at least one claim path");
+            Vec::new()
+        }
+        Some(list) => list,
+        None => DEFAULT_SCOPE_CLAIMS.iter().map(|s| s.to_string()).collect(),
+    };
+    if errors.len() > start {
+        return None;
+    }
+    Some(Provider {
+        name: rp.name,
+        rules: Rules {
+            issuer: rp.issuer,
+            audiences: rp.audiences,
+            clock_skew_secs: rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECS),
+            require_exp: rp.require_exp.unwrap_or(true),
+            max_lifetime_secs: rp.max_lifetime_seconds,
+            typ: rp.typ,
+            algorithms,
+            max_token_bytes,
+        },
+        keys: keys?,
+        sources,
+        claims_to_headers,
+        forward_payload_header,
+        forward: rp.forward.unwrap_or(true),
+        scope_claims,
+    })
+}
+
+fn compile_inline_jwks(value: Value, path: &str, errors: &mut Errors) -> Option<KeySource> {
+    let parsed = match &value {
+        Value::String(s) => Jwks::parse(s.as_bytes()),
+        other => Jwks::from_value(other),
+    };
+    match parsed {
+        Err(e) => {
+            errors.push(path, e);
+            None
+        }
+        Ok(p) => {
+            // Inline keys are the operator's own: a weak or unusable key is a mistake to fix now.
+            for msg in &p.rejected {
+                errors.push(path, msg.clone());
+            }
+            if p.jwks.is_empty() && p.rejected.is_empty() {
+                errors.push(path, "holds no signing key");
+            }
+            p.rejected.is_empty().then(|| KeySource::Inline(Rc::new(p.jwks)))
+        }
+    }
+}
+
+fn compile_remote(r: RawRemoteJwks, provider: &str, path: &str, errors: &mut Errors) -> Option<KeySource> {
+    let start = errors.len();
+    if r.cluster.is_empty() {
+        errors.push(format!("{path}.cluster"), "must name an Envoy cluster");
+    }
+    if let Err(e) = RemoteSpec::validate_uri(&r.uri) {
+        errors.push(format!("{path}.uri"), e);
+    }
+    let secs = |v: Option<u64>, default: u64, field: &str, errors: &mut Errors| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            errors.push(format!("{path}.{field}"), "must be positive");
+        }
+        v
+    };
+    let refresh = secs(r.refresh_seconds, 300, "refresh_seconds", errors);
+    let retry = secs(r.retry_seconds, 10, "retry_seconds", errors);
+    let min_refetch = secs(r.min_refetch_seconds, 30, "min_refetch_seconds", errors);
+    let timeout_ms = r.timeout_ms.unwrap_or(3000);
+    if !(100..=60_000).contains(&timeout_ms) {
+        errors.push(format!("{path}.timeout_ms"), "must be between 100 and 60000");
+    }
+    (errors.len() == start).then(|| {
+        KeySource::Remote(RemoteSpec {
+            provider: provider.to_string(),
+            cluster: r.cluster,
+            uri: r.uri,
+            discovery: r.discovery,
+            refresh_ms: refresh.saturating_mul(1000),
+            retry_ms: retry.saturating_mul(1000),
+            timeout_ms,
+            min_refetch_ms: min_refetch.saturating_mul(1000),
+        })
+    })
+}
+
+fn compile_source(s: RawTokenSource, path: &str, errors: &mut Errors) -> Option<TokenSource> {
+    match (s.header, s.query, s.cookie) {
+        (Some(h), None, None) => {
+            let name = check_header_name(&h, &format!("{path}.header"), errors)?;
+            let prefix = s.prefix.filter(|p| !p.is_empty());
+            Some(TokenSource::Header { name, prefix })
+        }
+        (None, Some(q), None) if s.prefix.is_none() && !q.is_empty() => Some(TokenSource::Query(q)),
+        (None, None, Some(c)) if s.prefix.is_none() && !c.is_empty() => Some(TokenSource::Cookie(c)),
+        _ => {
+            errors.push(path, "set exactly one of `header` (with optional `prefix`), `query` or `cookie`, non-empty");
+            None
+        }
+    }
+}
+
+/// Header names apiguard may write or read: RFC 9110 tokens, stored lowercase, never a
+/// pseudo-header or a hop-by-hop / routing header Envoy relies on.
+fn check_header_name(name: &str, path: &str, errors: &mut Errors) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if lower.is_empty() || !lower.chars().all(is_tchar) {
+        errors.push(path, format!("`{name}` is not a valid header name"));
+        return None;
+    }
+    if ["host", "content-length", "transfer-encoding", "connection", "te", "upgrade"].contains(&lower.as_str()) {
+        errors.push(path, format!("`{name}` is reserved"));
+        return None;
+    }
+    Some(lower)
+}
+
+fn compile_route(
+    rr: RawRoute,
+    path: &str,
+    providers: &[Provider],
+    provider_names: &HashSet<String>,
+    errors: &mut Errors,
+) -> Option<CompiledRoute<Route>> {
+    let start = errors.len();
+    let matcher = match PathMatch::parse(rr.matcher.path.as_deref(), rr.matcher.prefix.as_deref()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.push(format!("{path}.match"), e);
+            None
+        }
+    };
+    let methods = rr.matcher.methods.map(|ms| {
+        ms.iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let upper = m.to_ascii_uppercase();
+                if upper.is_empty() || !upper.chars().all(|c| c.is_ascii_uppercase()) {
+                    errors.push(format!("{path}.match.methods[{j}]"), format!("`{m}` is not an HTTP method"));
+                }
+                upper
+            })
+            .collect::<Vec<_>>()
+    });
+    let access = match (rr.public, rr.providers.is_empty()) {
+        (true, false) => {
+            errors.push(path, "a route is either `public: true` or lists `providers`, not both");
+            None
+        }
+        (false, true) => {
+            errors.push(format!("{path}.providers"), "list the providers whose tokens this route accepts, or set `public: true`");
+            None
+        }
+        (true, true) => Some(Access::Public),
+        (false, false) => {
+            let mut ids = Vec::new();
+            for (j, name) in rr.providers.iter().enumerate() {
+                match providers.iter().position(|p| &p.name == name) {
+                    Some(id) => ids.push(id),
+                    // A provider that failed to compile already has its own error.
+                    None if provider_names.contains(name) => {}
+                    None => errors.push(format!("{path}.providers[{j}]"), format!("no provider named `{name}`")),
+                }
+            }
+            Some(Access::Providers(ids))
+        }
+    };
+    let scopes = rr
+        .scopes
+        .map(|s| ScopeRequirement {
+            all_of: s.all_of,
+            any_of: s.any_of,
+        })
+        .unwrap_or_default();
+    if !scopes.is_empty() && access == Some(Access::Public) {
+        errors.push(format!("{path}.scopes"), "a public route has no principal to check scopes on");
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(CompiledRoute {
+        methods,
+        path: matcher?,
+        value: Route {
+            name: rr.name,
+            access: access?,
+            scopes,
+        },
+    })
+}
+
+/// Collects errors so a whole policy is reported at once.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<ConfigError> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Deserializes one item strictly, recording the failing field's full JSON path.
+    fn parse<T: DeserializeOwned>(&mut self, value: Value, base: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = match (base.is_empty(), inner.as_str()) {
+                    (_, ".") => base.to_string(),
+                    (true, _) => inner,
+                    (false, _) if inner.starts_with('[') => format!("{base}{inner}"),
+                    (false, _) => format!("{base}.{inner}"),
+                };
+                self.push(path, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

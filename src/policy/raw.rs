@@ -1,0 +1,144 @@
+//! The policy exactly as users write it (JSON in Envoy, YAML `pluginConfig` in Istio).
+//!
+//! These structs only describe shape: every field is checked strictly (`deny_unknown_fields`)
+//! and nothing here is trusted until `compile` turns it into a `Policy`.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Top level. Providers and routes stay raw JSON here so that each item is parsed on its own
+/// and one malformed route does not hide the errors of the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub realm: Option<String>,
+    #[serde(default)]
+    pub unmatched: Option<RawUnmatched>,
+    #[serde(default)]
+    pub token_cache_size: Option<usize>,
+    #[serde(default)]
+    pub max_token_bytes: Option<usize>,
+    #[serde(default)]
+    pub providers: Vec<Value>,
+    #[serde(default)]
+    pub routes: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawUnmatched {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    pub jwks: RawJwks,
+    #[serde(default)]
+    pub from: Option<Vec<RawTokenSource>>,
+    #[serde(default)]
+    pub clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    pub require_exp: Option<bool>,
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    pub typ: Option<Vec<String>>,
+    #[serde(default)]
+    pub claims_to_headers: Vec<RawClaimHeader>,
+    #[serde(default)]
+    pub forward_payload_header: Option<String>,
+    #[serde(default)]
+    pub forward: Option<bool>,
+    #[serde(default)]
+    pub scope_claims: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    /// A JWKS object, or the same as a JSON string.
+    #[serde(default)]
+    pub inline: Option<Value>,
+    #[serde(default)]
+    pub remote: Option<RawRemoteJwks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteJwks {
+    pub cluster: String,
+    pub uri: String,
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default)]
+    pub refresh_seconds: Option<u64>,
+    #[serde(default)]
+    pub retry_seconds: Option<u64>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub min_refetch_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenSource {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub scopes: Option<RawScopes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScopes {
+    #[serde(default)]
+    pub all_of: Vec<String>,
+    #[serde(default)]
+    pub any_of: Vec<String>,
+}
