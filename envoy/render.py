@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Renders envoy/envoy.yaml from envoy/envoy.template.yaml and envoy/demo/policy.yaml.
+
+`--check` exits 1 when the committed envoy/envoy.yaml is stale (used by the tests).
+"""
+import json
+import pathlib
+import sys
+
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def render() -> str:
+    policy = yaml.safe_load((HERE / "demo" / "policy.yaml").read_text())
+    body = json.dumps(policy, indent=2)
+    indented = "\n".join(" " * 20 + line for line in body.splitlines())
+    return (HERE / "envoy.template.yaml").read_text().replace("{{POLICY_JSON}}", indented)
+
+
+def main() -> int:
+    out = HERE / "envoy.yaml"
+    text = render()
+    if "--check" in sys.argv[1:]:
+        if out.read_text() != text:
+            print("envoy/envoy.yaml is stale: run `make envoy-config`", file=sys.stderr)
+            return 1
+        return 0
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

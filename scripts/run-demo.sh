@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Starts the demo upstream and Envoy with apiguard (envoy/envoy.yaml), then prints curl
+# commands that show an allowed request, a 401 and a 403. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .run
+ENVOY=${APIGUARD_ENVOY:-.venv/bin/envoy}
+CLI=${APIGUARD_CLI:-target/release/apiguard}
+
+for port in 10000 9901 18080; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is already in use (another 'make run'?); stop it first" >&2
+    exit 1
+  fi
+done
+
+python3 envoy/demo/upstream.py 18080 &
+UPSTREAM=$!
+"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-path .run/envoy.log &
+ENVOY_PID=$!
+trap 'kill $UPSTREAM $ENVOY_PID 2>/dev/null || true' EXIT INT TERM
+
+for _ in $(seq 1 100); do
+  if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1; then break; fi
+  if ! kill -0 $ENVOY_PID 2>/dev/null; then
+    echo "Envoy exited; last log lines:" >&2; tail -n 30 .run/envoy.log >&2; exit 1
+  fi
+  sleep 0.1
+done
+
+READ=$("$CLI" token --alg RS256 --scope "items:read")
+WRITE=$("$CLI" token --alg ES256 --scope "items:read items:write")
+EXPIRED=$("$CLI" token --alg EdDSA --scope "items:read" --ttl -600)
+
+cat <<MSG
+
+apiguard is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901), log in .run/envoy.log
+
+  # 200: public route
+  curl -i http://127.0.0.1:10000/healthz
+
+  # 401: no token (WWW-Authenticate + problem+json)
+  curl -i http://127.0.0.1:10000/items/42
+
+  # 200: RS256 token with items:read
+  curl -i -H "Authorization: Bearer $READ" http://127.0.0.1:10000/items/42
+
+  # 403: creating needs items:write
+  curl -i -X POST -H "Authorization: Bearer $READ" -H 'content-type: application/json' -d '{"name":"x"}' http://127.0.0.1:10000/items
+
+  # 200: ES256 token with items:write
+  curl -i -X POST -H "Authorization: Bearer $WRITE" -H 'content-type: application/json' -d '{"name":"x"}' http://127.0.0.1:10000/items
+
+  # 401: expired EdDSA token
+  curl -i -H "Authorization: Bearer $EXPIRED" http://127.0.0.1:10000/items/42
+
+  # 403: no route allows /admin
+  curl -i -H "Authorization: Bearer $WRITE" http://127.0.0.1:10000/admin
+
+  # stats
+  curl -s http://127.0.0.1:9901/stats | grep apiguard
+
+  # more tokens: $CLI token --help
+
+Ctrl-C to stop.
+MSG
+wait $ENVOY_PID
