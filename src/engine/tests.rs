@@ -1,0 +1,245 @@
+//! Engine tests with HS256 tokens minted by PyJWT (fixed vectors, iat 1700000000, exp +3600).
+
+use super::*;
+use crate::host::fake::FakeClock;
+use crate::host::NoHostCrypto;
+use serde_json::json;
+
+const KEY_K: &str = "YXBpZ3VhcmQtdW5pdC10ZXN0cy1obWFjLWtleS0zMmI";
+const READ: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWxpY2UiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwic2NvcGUiOiJpdGVtczpyZWFkIn0.QwNzbYkxLCD3v3919PVQQ2bC-KbSNigdnkEfUMr7d_Y";
+const WRITE: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWxpY2UiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwic2NvcGUiOiJpdGVtczpyZWFkIGl0ZW1zOndyaXRlIiwib3JnIjp7ImlkIjoiYWNtZSJ9LCJyb2xlcyI6WyJhIiwiYiJdfQ.T6rW31BgVA0g77HFjdgiQBMoioo3frKTgf5G0HczYPg";
+const OTHER_ISS: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL290aGVyLnRlc3QiLCJhdWQiOiJhcGkiLCJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAzNjAwfQ.c139SKtPxzJxbyCiZKlHy8ueBJSUnvcgkdRWkeRdw5c";
+const UNKNOWN_KID: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6Inp6eiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWxpY2UiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwic2NvcGUiOiJpdGVtczpyZWFkIn0.9bLZ_5xdLyOut_jHyV9lwgvyjPtdmOpenoieGXCuLf8";
+
+#[derive(Default)]
+struct Counted(Vec<String>);
+
+impl Metrics for Counted {
+    fn incr(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+}
+
+fn provider(extra: serde_json::Value) -> serde_json::Value {
+    let mut p = json!({
+        "name": "test",
+        "issuer": "https://issuer.test",
+        "audiences": ["api"],
+        "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": KEY_K}]}},
+        "claims_to_headers": [{"claim": "sub", "header": "x-user"}, {"claim": "org.id", "header": "x-org"}],
+    });
+    if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+fn engine_with(providers: serde_json::Value) -> Engine {
+    let policy = json!({
+        "providers": providers,
+        "routes": [
+            {"name": "health", "match": {"path": "/healthz", "methods": ["GET"]}, "public": true},
+            {"name": "read", "match": {"path": "/items/{id}", "methods": ["GET"]}, "providers": ["test"], "scopes": {"all_of": ["items:read"]}},
+            {"name": "write", "match": {"prefix": "/items", "methods": ["POST"]}, "providers": ["test"], "scopes": {"all_of": ["items:write"]}},
+        ]
+    });
+    let policy = Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}"));
+    Engine::new(Rc::new(policy))
+}
+
+fn engine() -> Engine {
+    engine_with(json!([provider(json!({}))]))
+}
+
+fn run(engine: &mut Engine, method: &str, path: &str, headers: &[(&str, &str)]) -> (Decision, Counted) {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let clock = FakeClock::at_secs(1_700_000_100);
+    let mut m = Counted::default();
+    let d = engine.on_request_headers(
+        &RequestHead {
+            method,
+            path,
+            headers: &headers,
+            request_id: Some("rid"),
+        },
+        &clock,
+        &NoHostCrypto,
+        &mut m,
+    );
+    (d, m)
+}
+
+fn denial(d: &Decision) -> &Denial {
+    match &d.verdict {
+        Verdict::Deny(x) => x,
+        Verdict::Allow(_) => panic!("expected a denial, got {:?}", d.verdict),
+    }
+}
+
+fn allowed(d: &Decision) -> &Mutations {
+    match &d.verdict {
+        Verdict::Allow(m) => m,
+        Verdict::Deny(x) => panic!("expected allow, got {x:?}"),
+    }
+}
+
+#[test]
+fn public_route_allows_without_token() {
+    let (d, m) = run(&mut engine(), "GET", "/healthz", &[]);
+    allowed(&d);
+    assert_eq!(m.0, vec!["apiguard.allowed"]);
+}
+
+#[test]
+fn spoofed_claim_headers_are_removed_even_on_public_routes() {
+    let (d, _) = run(&mut engine(), "GET", "/healthz", &[("x-user", "admin")]);
+    assert_eq!(allowed(&d).remove_headers, vec!["x-user"]);
+}
+
+#[test]
+fn missing_token_is_401_without_error_attribute() {
+    let (d, m) = run(&mut engine(), "GET", "/items/1", &[]);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (401, "missing_credentials"));
+    assert_eq!(x.www_authenticate.as_deref(), Some("Bearer realm=\"apiguard\""));
+    assert_eq!(m.0, vec!["apiguard.denied.missing_credentials"]);
+}
+
+#[test]
+fn valid_token_sets_claim_headers_and_principal() {
+    let auth = format!("Bearer {WRITE}");
+    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &auth), ("x-org", "evil")]);
+    let m = allowed(&d);
+    assert_eq!(m.remove_headers, vec!["x-org"]);
+    assert!(m.set_headers.contains(&("x-user".into(), "alice".into())));
+    assert!(m.set_headers.contains(&("x-org".into(), "acme".into())));
+    assert_eq!(d.principal.as_deref(), Some("alice"));
+    assert_eq!(d.route.as_deref(), Some("read"));
+}
+
+#[test]
+fn missing_scope_is_403_naming_the_scope() {
+    let auth = format!("bearer {READ}");
+    let (d, _) = run(&mut engine(), "POST", "/items", &[("authorization", &auth)]);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (403, "insufficient_scope"));
+    assert_eq!(
+        x.www_authenticate.as_deref(),
+        Some("Bearer realm=\"apiguard\", error=\"insufficient_scope\", scope=\"items:write\"")
+    );
+}
+
+#[test]
+fn tampered_token_is_401_invalid_token() {
+    let bad = format!("Bearer {}x", &READ[..READ.len() - 1]);
+    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &bad)]);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (401, "bad_signature"));
+    assert!(x.www_authenticate.as_deref().unwrap().contains("error=\"invalid_token\""));
+    assert!(!x.body(None).contains(READ));
+}
+
+#[test]
+fn wrong_issuer_is_rejected() {
+    let auth = format!("Bearer {OTHER_ISS}");
+    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &auth)]);
+    assert_eq!(denial(&d).reason, "wrong_issuer");
+}
+
+#[test]
+fn duplicate_credentials_are_400() {
+    let a = format!("Bearer {READ}");
+    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &a), ("authorization", &a)]);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (400, "invalid_request"));
+}
+
+#[test]
+fn unmatched_is_denied_and_ambiguous_paths_refused() {
+    let (d, _) = run(&mut engine(), "GET", "/admin", &[]);
+    assert_eq!(denial(&d).reason, "no_route");
+    for p in ["/healthz/../items/1", "/items/%2e%2e", "/items%2F1"] {
+        let (d, _) = run(&mut engine(), "GET", p, &[]);
+        assert_eq!((denial(&d).status, denial(&d).reason), (400, "ambiguous_path"), "{p}");
+    }
+}
+
+#[test]
+fn cache_hit_on_repeat_and_generation_change_invalidates() {
+    let mut e = engine();
+    let auth = format!("Bearer {READ}");
+    let (_, m1) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    let (_, m2) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    assert!(m1.0.contains(&"apiguard.jwt.cache_miss".to_string()));
+    assert!(m2.0.contains(&"apiguard.jwt.cache_hit".to_string()));
+    let keys = match &e.policy().providers[0].keys {
+        KeySource::Inline(k) => k.clone(),
+        KeySource::Remote(_) => unreachable!(),
+    };
+    e.set_keys(0, keys, 7);
+    let (_, m3) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    assert!(m3.0.contains(&"apiguard.jwt.cache_miss".to_string()));
+}
+
+#[test]
+fn remote_provider_without_keys_is_503_and_unknown_kid_asks_refetch() {
+    let remote = provider(json!({"jwks": {"remote": {"cluster": "idp", "uri": "http://idp/jwks.json"}}}));
+    let mut e = engine_with(json!([remote]));
+    let auth = format!("Bearer {READ}");
+    let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason, x.retry_after_secs), (503, "jwks_unavailable", Some(5)));
+
+    let jwks = crate::jwt::Jwks::from_value(&json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": KEY_K}]}))
+        .unwrap()
+        .jwks;
+    e.set_keys(0, Rc::new(jwks), 1);
+    let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    allowed(&d);
+    let auth = format!("Bearer {UNKNOWN_KID}");
+    let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    assert_eq!(denial(&d).reason, "unknown_kid");
+    assert_eq!(d.refetch, vec![0]);
+}
+
+#[test]
+fn forward_false_removes_each_credential_source() {
+    let p = provider(json!({"forward": false, "from": [
+        {"header": "authorization", "prefix": "Bearer "}, {"query": "access_token"}, {"cookie": "session"}]}));
+    let mut e = engine_with(json!([p]));
+    let (d, _) = run(&mut e, "GET", &format!("/items/1?a=1&access_token={READ}"), &[("cookie", "x=1")]);
+    let m = allowed(&d);
+    assert_eq!(m.new_path.as_deref(), Some("/items/1?a=1"));
+    assert!(m.remove_headers.contains(&"authorization".to_string()));
+    assert!(m.set_headers.contains(&("cookie".into(), "x=1".into())));
+}
+
+#[test]
+fn payload_header_forwards_the_raw_payload_segment() {
+    let p = provider(json!({"forward_payload_header": "x-jwt-payload"}));
+    let mut e = engine_with(json!([p]));
+    let auth = format!("Bearer {READ}");
+    let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
+    let payload = READ.split('.').nth(1).unwrap();
+    assert!(allowed(&d).set_headers.contains(&("x-jwt-payload".into(), payload.into())));
+}
+
+#[test]
+fn second_provider_is_tried_by_issuer() {
+    let a = provider(json!({"name": "a", "issuer": "https://other.test"}));
+    let b = provider(json!({"name": "b"}));
+    let policy = json!({
+        "providers": [a, b],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "providers": ["a", "b"]}]
+    });
+    let mut e = Engine::new(Rc::new(Policy::try_from(policy).unwrap()));
+    let auth = format!("Bearer {READ}");
+    let (d, m) = run(&mut e, "GET", "/x", &[("authorization", &auth)]);
+    allowed(&d);
+    assert_eq!(m.0.iter().filter(|n| n.contains("cache_miss")).count(), 1);
+}
