@@ -75,12 +75,20 @@ mod tests {
 
     #[test]
     fn scopes_from_string_array_and_nested_paths() {
-        let c = claims(json!({"scope": "a b", "scp": ["x"], "realm_access": {"roles": ["admin"]}, "cognito:groups": ["g"]}));
+        let c = claims(
+            json!({"scope": "a b", "scp": ["x"], "realm_access": {"roles": ["admin"]}, "cognito:groups": ["g"]}),
+        );
         assert_eq!(granted_scopes(&c, &["scope".into()]), vec!["a", "b"]);
         assert_eq!(granted_scopes(&c, &["scp".into()]), vec!["x"]);
-        assert_eq!(granted_scopes(&c, &["realm_access.roles".into()]), vec!["admin"]);
+        assert_eq!(
+            granted_scopes(&c, &["realm_access.roles".into()]),
+            vec!["admin"]
+        );
         assert_eq!(granted_scopes(&c, &["cognito:groups".into()]), vec!["g"]);
-        assert_eq!(granted_scopes(&c, &["nope".into(), "scp".into()]), vec!["x"]);
+        assert_eq!(
+            granted_scopes(&c, &["nope".into(), "scp".into()]),
+            vec!["x"]
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub enum Found {
 pub fn extract(source: &TokenSource, headers: &[(String, String)], query: &str) -> Found {
     match source {
         TokenSource::Header { name, prefix } => {
-            let mut values = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            let mut values = headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str());
             let (Some(value), None) = (values.next(), values.next()) else {
                 return if headers.iter().any(|(n, _)| n == name) {
                     Found::Ambiguous
@@ -42,7 +45,9 @@ pub fn extract(source: &TokenSource, headers: &[(String, String)], query: &str) 
             }
         }
         TokenSource::Query(param) => {
-            let mut hits = query_pairs(query).filter(|(k, _)| k == param).map(|(_, v)| v);
+            let mut hits = query_pairs(query)
+                .filter(|(k, _)| k == param)
+                .map(|(_, v)| v);
             match (hits.next(), hits.next()) {
                 (Some(v), None) if !v.is_empty() => Found::Token(v),
                 (Some(_), Some(_)) => Found::Ambiguous,
@@ -83,7 +88,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -133,7 +140,10 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     fn bearer() -> TokenSource {
@@ -146,10 +156,19 @@ mod tests {
     #[test]
     fn header_prefix_is_case_insensitive() {
         for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
-            assert_eq!(extract(&bearer(), &h(&[("authorization", v)]), ""), Found::Token("abc".into()));
+            assert_eq!(
+                extract(&bearer(), &h(&[("authorization", v)]), ""),
+                Found::Token("abc".into())
+            );
         }
-        assert_eq!(extract(&bearer(), &h(&[("authorization", "Basic abc")]), ""), Found::None);
-        assert_eq!(extract(&bearer(), &h(&[("authorization", "Bearer ")]), ""), Found::None);
+        assert_eq!(
+            extract(&bearer(), &h(&[("authorization", "Basic abc")]), ""),
+            Found::None
+        );
+        assert_eq!(
+            extract(&bearer(), &h(&[("authorization", "Bearer ")]), ""),
+            Found::None
+        );
         assert_eq!(extract(&bearer(), &h(&[]), ""), Found::None);
     }
 
@@ -159,27 +178,46 @@ mod tests {
         assert_eq!(extract(&bearer(), &hs, ""), Found::Ambiguous);
         let hs = h(&[("authorization", "Bearer a, Bearer b")]);
         assert_eq!(extract(&bearer(), &hs, ""), Found::Ambiguous);
-        assert_eq!(extract(&TokenSource::Query("t".into()), &[], "t=a&t=b"), Found::Ambiguous);
+        assert_eq!(
+            extract(&TokenSource::Query("t".into()), &[], "t=a&t=b"),
+            Found::Ambiguous
+        );
         let hs = h(&[("cookie", "s=a"), ("cookie", "s=b")]);
-        assert_eq!(extract(&TokenSource::Cookie("s".into()), &hs, ""), Found::Ambiguous);
+        assert_eq!(
+            extract(&TokenSource::Cookie("s".into()), &hs, ""),
+            Found::Ambiguous
+        );
     }
 
     #[test]
     fn query_and_cookie_sources() {
         assert_eq!(
-            extract(&TokenSource::Query("access_token".into()), &[], "a=1&access_token=x.y.z"),
+            extract(
+                &TokenSource::Query("access_token".into()),
+                &[],
+                "a=1&access_token=x.y.z"
+            ),
             Found::Token("x.y.z".into())
         );
         let hs = h(&[("cookie", "a=1; session=x.y.z; b=2")]);
-        assert_eq!(extract(&TokenSource::Cookie("session".into()), &hs, ""), Found::Token("x.y.z".into()));
+        assert_eq!(
+            extract(&TokenSource::Cookie("session".into()), &hs, ""),
+            Found::Token("x.y.z".into())
+        );
     }
 
     #[test]
     fn credential_removal() {
-        assert_eq!(path_without_query_param("/p", "a=1&t=x&b=2", "t"), "/p?a=1&b=2");
+        assert_eq!(
+            path_without_query_param("/p", "a=1&t=x&b=2", "t"),
+            "/p?a=1&b=2"
+        );
         assert_eq!(path_without_query_param("/p", "t=x", "t"), "/p");
         let hs = h(&[("cookie", "a=1; session=x")]);
-        assert_eq!(cookie_header_without(&hs, "session").as_deref(), Some("a=1"));
+        assert_eq!(
+            cookie_header_without(&hs, "session").as_deref(),
+            Some("a=1")
+        );
         let hs = h(&[("cookie", "session=x")]);
         assert_eq!(cookie_header_without(&hs, "session"), None);
     }

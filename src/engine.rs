@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::authz::{claim_at, granted_scopes};
 use crate::credentials::{self, Found};
 use crate::host::{Clock, SignatureHost};
-use crate::jwt::{self, JwtError, Jwks, TokenCache, Verified};
+use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
 use crate::policy::{Access, KeySource, Policy, Provider, TokenSource, Unmatched};
 use crate::problem::Denial;
 use crate::routes::{split_query, unsafe_path_reason};
@@ -71,7 +71,7 @@ pub struct Engine {
 }
 
 enum AuthFailure {
-    Denied(Denial),
+    Denied(Box<Denial>),
     Unavailable,
 }
 
@@ -124,7 +124,7 @@ impl Engine {
         crypto: &dyn SignatureHost,
         metrics: &mut dyn Metrics,
     ) -> Decision {
-        let mut decision = self.decide(req, clock, crypto, metrics);
+        let decision = self.decide(req, clock, crypto, metrics);
         match &decision.verdict {
             Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
             Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
@@ -175,7 +175,11 @@ impl Engine {
                 }
                 Unmatched::Deny => deny(
                     decision,
-                    Denial::new(403, "no_route", "no route of the policy allows this request"),
+                    Denial::new(
+                        403,
+                        "no_route",
+                        "no route of the policy allows this request",
+                    ),
                 ),
             };
         };
@@ -191,22 +195,33 @@ impl Engine {
         };
 
         let now = clock.now_secs();
-        let (provider_id, verified) =
-            match self.authenticate(&policy, providers, req, query, now, crypto, metrics, &mut decision) {
-                Ok(ok) => ok,
-                Err(AuthFailure::Denied(d)) => return deny(decision, d),
-                Err(AuthFailure::Unavailable) => {
-                    let mut d = Denial::new(
-                        503,
-                        "jwks_unavailable",
-                        "the signing keys of the token issuer are not loaded yet",
-                    );
-                    d.retry_after_secs = Some(JWKS_RETRY_AFTER_SECS);
-                    return deny(decision, d);
-                }
-            };
+        let (provider_id, verified) = match self.authenticate(
+            &policy,
+            providers,
+            req,
+            query,
+            now,
+            crypto,
+            metrics,
+            &mut decision,
+        ) {
+            Ok(ok) => ok,
+            Err(AuthFailure::Denied(d)) => return deny(decision, *d),
+            Err(AuthFailure::Unavailable) => {
+                let mut d = Denial::new(
+                    503,
+                    "jwks_unavailable",
+                    "the signing keys of the token issuer are not loaded yet",
+                );
+                d.retry_after_secs = Some(JWKS_RETRY_AFTER_SECS);
+                return deny(decision, d);
+            }
+        };
         let Some(provider) = policy.providers.get(provider_id) else {
-            return deny(decision, Denial::new(500, "internal", "provider index out of range"));
+            return deny(
+                decision,
+                Denial::new(500, "internal", "provider index out of range"),
+            );
         };
         decision.principal = verified
             .claims
@@ -252,10 +267,10 @@ impl Engine {
                 let token = match credentials::extract(source, req.headers, query) {
                     Found::None => continue,
                     Found::Ambiguous => {
-                        return Err(AuthFailure::Denied(Denial::invalid_request(
+                        return Err(AuthFailure::Denied(Box::new(Denial::invalid_request(
                             &policy.realm,
                             "more than one credential in the request",
-                        )))
+                        ))))
                     }
                     Found::Token(t) => t,
                 };
@@ -289,7 +304,9 @@ impl Engine {
                         return Ok((id, v));
                     }
                     Err(e) => {
-                        if e == JwtError::UnknownKid && matches!(provider.keys, KeySource::Remote(_)) {
+                        if e == JwtError::UnknownKid
+                            && matches!(provider.keys, KeySource::Remote(_))
+                        {
                             decision.refetch.push(id);
                         }
                         first_error.get_or_insert(e);
@@ -301,12 +318,14 @@ impl Engine {
             return Err(AuthFailure::Unavailable);
         }
         match first_error {
-            Some(e) => Err(AuthFailure::Denied(Denial::invalid_token(
+            Some(e) => Err(AuthFailure::Denied(Box::new(Denial::invalid_token(
                 &policy.realm,
                 e.code(),
                 e.description(),
-            ))),
-            None => Err(AuthFailure::Denied(Denial::missing_credentials(&policy.realm))),
+            )))),
+            None => Err(AuthFailure::Denied(Box::new(Denial::missing_credentials(
+                &policy.realm,
+            )))),
         }
     }
 }
@@ -318,7 +337,8 @@ fn add_upstream_headers(provider: &Provider, verified: &Verified, m: &mut Mutati
         }
     }
     if let Some(h) = &provider.forward_payload_header {
-        m.set_headers.push((h.clone(), verified.payload_b64.clone()));
+        m.set_headers
+            .push((h.clone(), verified.payload_b64.clone()));
     }
 }
 
@@ -329,7 +349,11 @@ fn header_value(v: &Value) -> Option<String> {
         Value::String(s) => s.clone(),
         Value::Array(items) => items
             .iter()
-            .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
             .collect::<Vec<_>>()
             .join(","),
         Value::Null => return None,
@@ -338,17 +362,25 @@ fn header_value(v: &Value) -> Option<String> {
     (!s.chars().any(char::is_control)).then_some(s)
 }
 
-fn remove_credential(provider: &Provider, req: &RequestHead, path: &str, query: &str, m: &mut Mutations) {
+fn remove_credential(
+    provider: &Provider,
+    req: &RequestHead,
+    path: &str,
+    query: &str,
+    m: &mut Mutations,
+) {
     for source in &provider.sources {
         match source {
             TokenSource::Header { name, .. } => m.remove_headers.push(name.clone()),
             TokenSource::Query(param) => {
                 m.new_path = Some(credentials::path_without_query_param(path, query, param));
             }
-            TokenSource::Cookie(name) => match credentials::cookie_header_without(req.headers, name) {
-                Some(rest) => m.set_headers.push(("cookie".into(), rest)),
-                None => m.remove_headers.push("cookie".into()),
-            },
+            TokenSource::Cookie(name) => {
+                match credentials::cookie_header_without(req.headers, name) {
+                    Some(rest) => m.set_headers.push(("cookie".into(), rest)),
+                    None => m.remove_headers.push("cookie".into()),
+                }
+            }
         }
     }
 }

@@ -77,7 +77,13 @@ struct HostCrypto {
 }
 
 impl SignatureHost for HostCrypto {
-    fn verify_signature(&self, hash: &str, spki_der: &[u8], signature: &[u8], message: &[u8]) -> Option<bool> {
+    fn verify_signature(
+        &self,
+        hash: &str,
+        spki_der: &[u8],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Option<bool> {
         if !self.available.get() {
             return None;
         }
@@ -87,7 +93,10 @@ impl SignatureHost for HostCrypto {
             Ok(None) => Some(false),
             Err(Status::NotFound) => {
                 self.available.set(false);
-                log(LogLevel::Warn, "apiguard: host has no verify_signature; verifying in wasm");
+                log(
+                    LogLevel::Warn,
+                    "apiguard: host has no verify_signature; verifying in wasm",
+                );
                 None
             }
             // BadArgument: BoringSSL could not use the key; a refusal, not a reason to retry.
@@ -141,7 +150,13 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let Some((remote, _)) = self.in_flight.remove(&token_id) else {
             return;
         };
@@ -150,11 +165,15 @@ impl Context for Root {
             .and_then(|s| String::from_utf8(s).ok())
             .and_then(|s| s.parse::<u16>().ok());
         let body = self.get_http_call_response_body(0, body_size);
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let now = HostClock.now_millis();
         let (next, event) = {
             let mut remotes = worker.remotes.borrow_mut();
-            let Some(r) = remotes.get_mut(remote) else { return };
+            let Some(r) = remotes.get_mut(remote) else {
+                return;
+            };
             r.sync.on_response(now, &HostStore, status, body.as_deref())
         };
         self.record(&worker, remote, event);
@@ -175,7 +194,11 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config: Bytes = match hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX) {
+        let config: Bytes = match hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        ) {
             Ok(Some(c)) => c,
             _ => Vec::new(),
         };
@@ -235,7 +258,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let now = HostClock.now_millis();
         // Our own deadline: a cluster without a healthy endpoint can leave a call queued.
         let expired: Vec<(u32, usize)> = self
@@ -293,8 +318,13 @@ impl Root {
         let timeout = Duration::from_millis(req.timeout_ms);
         match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
             Ok(token) => {
-                self.in_flight
-                    .insert(token, (remote, now.saturating_add(req.timeout_ms).saturating_add(1000)));
+                self.in_flight.insert(
+                    token,
+                    (
+                        remote,
+                        now.saturating_add(req.timeout_ms).saturating_add(1000),
+                    ),
+                );
             }
             Err(e) => {
                 log(
@@ -323,7 +353,11 @@ impl Root {
                 .unwrap_or_default()
         };
         match event {
-            FetchEvent::Published { generation, keys, rejected } => {
+            FetchEvent::Published {
+                generation,
+                keys,
+                rejected,
+            } => {
                 worker
                     .metrics
                     .borrow_mut()
@@ -333,7 +367,10 @@ impl Root {
                     &format!("apiguard: JWKS of `{name}` published: {keys} key(s), generation {generation}"),
                 );
                 for r in rejected {
-                    log(LogLevel::Warn, &format!("apiguard: JWKS of `{name}`: skipped {r}"));
+                    log(
+                        LogLevel::Warn,
+                        &format!("apiguard: JWKS of `{name}`: skipped {r}"),
+                    );
                 }
             }
             FetchEvent::Failed { reason } => {
@@ -364,10 +401,11 @@ impl Root {
             };
             match Jwks::parse(&shared.jwks_json) {
                 Ok(parsed) if !parsed.jwks.is_empty() => {
-                    worker
-                        .engine
-                        .borrow_mut()
-                        .set_keys(r.provider, Rc::new(parsed.jwks), shared.generation);
+                    worker.engine.borrow_mut().set_keys(
+                        r.provider,
+                        Rc::new(parsed.jwks),
+                        shared.generation,
+                    );
                     r.parsed_generation = Some(shared.generation);
                 }
                 _ => r.parsed_generation = Some(shared.generation),
@@ -386,14 +424,23 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             // No valid policy: fail closed.
-            let _ = hostcalls::send_http_response(503, vec![("content-type", "text/plain")], Some(b"apiguard: no policy\n"));
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![("content-type", "text/plain")],
+                Some(b"apiguard: no policy\n"),
+            );
             return Action::Pause;
         };
         let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
             // Envoy allows obs-text in values; never assume UTF-8.
-            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect();
         let pseudo = |name: &str| {
             headers
@@ -437,10 +484,12 @@ impl Request {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                 }
                 for (name, value) in &m.set_headers {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                 }
                 if let Some(path) = &m.new_path {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
                 }
                 Action::Continue
             }
@@ -461,7 +510,10 @@ impl Request {
                 let body = denial.body(request_id);
                 let _ = hostcalls::send_http_response(
                     u32::from(denial.status),
-                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                    headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect(),
                     Some(body.as_bytes()),
                 );
                 Action::Pause

@@ -9,8 +9,14 @@
 
 /// Encodes `VerifySignatureArguments`.
 pub fn encode_verify_args(hash: &str, spki_der: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 24);
-    for (field, bytes) in [(1u8, hash.as_bytes()), (2, spki_der), (3, signature), (4, text)] {
+    let mut out =
+        Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 24);
+    for (field, bytes) in [
+        (1u8, hash.as_bytes()),
+        (2, spki_der),
+        (3, signature),
+        (4, text),
+    ] {
         out.push(field << 3 | 2); // wire type 2: length-delimited
         push_varint(&mut out, bytes.len() as u64);
         out.extend_from_slice(bytes);
@@ -45,7 +51,10 @@ pub fn decode_verify_result(bytes: &[u8]) -> bool {
                 let Some((len, n)) = read_varint(bytes.get(i..).unwrap_or(&[])) else {
                     return false;
                 };
-                i = match usize::try_from(len).ok().and_then(|l| (i + n).checked_add(l)) {
+                i = match usize::try_from(len)
+                    .ok()
+                    .and_then(|l| (i + n).checked_add(l))
+                {
                     Some(end) if end <= bytes.len() => end,
                     _ => return false,
                 };
@@ -91,7 +100,9 @@ mod tests {
     #[test]
     fn decodes_result() {
         assert!(decode_verify_result(&[0x08, 0x01]));
-        assert!(!decode_verify_result(&[0x08, 0x00, 0x12, 0x03, b'b', b'a', b'd']));
+        assert!(!decode_verify_result(&[
+            0x08, 0x00, 0x12, 0x03, b'b', b'a', b'd'
+        ]));
         assert!(!decode_verify_result(&[]));
         assert!(!decode_verify_result(&[0x12, 0x05, b'x']));
         assert!(!decode_verify_result(&[0xff]));

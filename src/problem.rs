@@ -58,12 +58,17 @@ impl Denial {
     }
 
     pub fn insufficient_scope(realm: &str, scope: &str) -> Self {
-        let mut d = Denial::new(403, "insufficient_scope", "the token lacks a required scope");
+        let mut d = Denial::new(
+            403,
+            "insufficient_scope",
+            "the token lacks a required scope",
+        );
         d.www_authenticate = Some(format!(
             "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
             quote_safe(scope)
         ));
-        d.extensions.push(("required_scope", Value::String(scope.to_string())));
+        d.extensions
+            .push(("required_scope", Value::String(scope.to_string())));
         d
     }
 
@@ -104,7 +109,10 @@ impl Denial {
     /// Response headers, `content-type` included.
     pub fn response_headers(&self) -> Vec<(String, String)> {
         let mut h = vec![
-            ("content-type".to_string(), "application/problem+json".to_string()),
+            (
+                "content-type".to_string(),
+                "application/problem+json".to_string(),
+            ),
             ("cache-control".to_string(), "no-store".to_string()),
         ];
         if let Some(w) = &self.www_authenticate {
@@ -132,7 +140,10 @@ mod tests {
     #[test]
     fn missing_credentials_has_no_error_attribute() {
         let d = Denial::missing_credentials("apiguard");
-        assert_eq!(d.www_authenticate.as_deref(), Some("Bearer realm=\"apiguard\""));
+        assert_eq!(
+            d.www_authenticate.as_deref(),
+            Some("Bearer realm=\"apiguard\"")
+        );
         let body: Value = serde_json::from_str(&d.body(Some("r1"))).unwrap();
         assert_eq!(body["status"], 401);
         assert_eq!(body["type"], "urn:apiguard:problem:missing_credentials");

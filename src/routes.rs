@@ -97,7 +97,10 @@ impl PathMatch {
 
     /// The first literal segment, when the pattern pins one (used to index routes).
     fn first_segment(&self) -> Option<&str> {
-        let first = |p: &str| p.strip_prefix('/').map(|r| r.split('/').next().unwrap_or(r));
+        fn first(p: &str) -> Option<&str> {
+            p.strip_prefix('/')
+                .map(|r| r.split('/').next().unwrap_or(r))
+        }
         match self {
             PathMatch::Exact(p) => first(p),
             // `/items` as a prefix only ever matches paths whose first segment is `items`;
@@ -241,7 +244,7 @@ impl<T> RouteTable<T> {
                 (None, Some(_)) => b.next(),
                 (None, None) => return None,
             };
-            let Some(&index) = next else { return None };
+            let &index = next?;
             let Some(route) = self.routes.get(index) else {
                 continue;
             };
@@ -265,7 +268,9 @@ impl<T> RouteTable<T> {
 mod tests {
     use super::*;
 
-    fn table(specs: &[(Option<&str>, Option<&str>, Option<&[&str]>)]) -> RouteTable<usize> {
+    type Spec<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a [&'a str]>);
+
+    fn table(specs: &[Spec]) -> RouteTable<usize> {
         RouteTable::new(
             specs
                 .iter()

@@ -53,7 +53,12 @@ fn engine() -> Engine {
     engine_with(json!([provider(json!({}))]))
 }
 
-fn run(engine: &mut Engine, method: &str, path: &str, headers: &[(&str, &str)]) -> (Decision, Counted) {
+fn run(
+    engine: &mut Engine,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Decision, Counted) {
     let headers: Vec<(String, String)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -106,14 +111,22 @@ fn missing_token_is_401_without_error_attribute() {
     let (d, m) = run(&mut engine(), "GET", "/items/1", &[]);
     let x = denial(&d);
     assert_eq!((x.status, x.reason), (401, "missing_credentials"));
-    assert_eq!(x.www_authenticate.as_deref(), Some("Bearer realm=\"apiguard\""));
+    assert_eq!(
+        x.www_authenticate.as_deref(),
+        Some("Bearer realm=\"apiguard\"")
+    );
     assert_eq!(m.0, vec!["apiguard.denied.missing_credentials"]);
 }
 
 #[test]
 fn valid_token_sets_claim_headers_and_principal() {
     let auth = format!("Bearer {WRITE}");
-    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &auth), ("x-org", "evil")]);
+    let (d, _) = run(
+        &mut engine(),
+        "GET",
+        "/items/1",
+        &[("authorization", &auth), ("x-org", "evil")],
+    );
     let m = allowed(&d);
     assert_eq!(m.remove_headers, vec!["x-org"]);
     assert!(m.set_headers.contains(&("x-user".into(), "alice".into())));
@@ -140,21 +153,35 @@ fn tampered_token_is_401_invalid_token() {
     let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &bad)]);
     let x = denial(&d);
     assert_eq!((x.status, x.reason), (401, "bad_signature"));
-    assert!(x.www_authenticate.as_deref().unwrap().contains("error=\"invalid_token\""));
+    assert!(x
+        .www_authenticate
+        .as_deref()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
     assert!(!x.body(None).contains(READ));
 }
 
 #[test]
 fn wrong_issuer_is_rejected() {
     let auth = format!("Bearer {OTHER_ISS}");
-    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &auth)]);
+    let (d, _) = run(
+        &mut engine(),
+        "GET",
+        "/items/1",
+        &[("authorization", &auth)],
+    );
     assert_eq!(denial(&d).reason, "wrong_issuer");
 }
 
 #[test]
 fn duplicate_credentials_are_400() {
     let a = format!("Bearer {READ}");
-    let (d, _) = run(&mut engine(), "GET", "/items/1", &[("authorization", &a), ("authorization", &a)]);
+    let (d, _) = run(
+        &mut engine(),
+        "GET",
+        "/items/1",
+        &[("authorization", &a), ("authorization", &a)],
+    );
     let x = denial(&d);
     assert_eq!((x.status, x.reason), (400, "invalid_request"));
 }
@@ -165,7 +192,11 @@ fn unmatched_is_denied_and_ambiguous_paths_refused() {
     assert_eq!(denial(&d).reason, "no_route");
     for p in ["/healthz/../items/1", "/items/%2e%2e", "/items%2F1"] {
         let (d, _) = run(&mut engine(), "GET", p, &[]);
-        assert_eq!((denial(&d).status, denial(&d).reason), (400, "ambiguous_path"), "{p}");
+        assert_eq!(
+            (denial(&d).status, denial(&d).reason),
+            (400, "ambiguous_path"),
+            "{p}"
+        );
     }
 }
 
@@ -188,16 +219,22 @@ fn cache_hit_on_repeat_and_generation_change_invalidates() {
 
 #[test]
 fn remote_provider_without_keys_is_503_and_unknown_kid_asks_refetch() {
-    let remote = provider(json!({"jwks": {"remote": {"cluster": "idp", "uri": "http://idp/jwks.json"}}}));
+    let remote =
+        provider(json!({"jwks": {"remote": {"cluster": "idp", "uri": "http://idp/jwks.json"}}}));
     let mut e = engine_with(json!([remote]));
     let auth = format!("Bearer {READ}");
     let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
     let x = denial(&d);
-    assert_eq!((x.status, x.reason, x.retry_after_secs), (503, "jwks_unavailable", Some(5)));
+    assert_eq!(
+        (x.status, x.reason, x.retry_after_secs),
+        (503, "jwks_unavailable", Some(5))
+    );
 
-    let jwks = crate::jwt::Jwks::from_value(&json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": KEY_K}]}))
-        .unwrap()
-        .jwks;
+    let jwks = crate::jwt::Jwks::from_value(
+        &json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": KEY_K}]}),
+    )
+    .unwrap()
+    .jwks;
     e.set_keys(0, Rc::new(jwks), 1);
     let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
     allowed(&d);
@@ -212,7 +249,12 @@ fn forward_false_removes_each_credential_source() {
     let p = provider(json!({"forward": false, "from": [
         {"header": "authorization", "prefix": "Bearer "}, {"query": "access_token"}, {"cookie": "session"}]}));
     let mut e = engine_with(json!([p]));
-    let (d, _) = run(&mut e, "GET", &format!("/items/1?a=1&access_token={READ}"), &[("cookie", "x=1")]);
+    let (d, _) = run(
+        &mut e,
+        "GET",
+        &format!("/items/1?a=1&access_token={READ}"),
+        &[("cookie", "x=1")],
+    );
     let m = allowed(&d);
     assert_eq!(m.new_path.as_deref(), Some("/items/1?a=1"));
     assert!(m.remove_headers.contains(&"authorization".to_string()));
@@ -226,7 +268,9 @@ fn payload_header_forwards_the_raw_payload_segment() {
     let auth = format!("Bearer {READ}");
     let (d, _) = run(&mut e, "GET", "/items/1", &[("authorization", &auth)]);
     let payload = READ.split('.').nth(1).unwrap();
-    assert!(allowed(&d).set_headers.contains(&("x-jwt-payload".into(), payload.into())));
+    assert!(allowed(&d)
+        .set_headers
+        .contains(&("x-jwt-payload".into(), payload.into())));
 }
 
 #[test]

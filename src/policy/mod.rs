@@ -73,7 +73,10 @@ pub enum KeySource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// Lowercase header name, and a scheme prefix matched case-insensitively (RFC 7235).
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     Query(String),
     Cookie(String),
 }
@@ -135,7 +138,10 @@ impl TryFrom<Value> for Policy {
 
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
         if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
-            errors.push("realm", "must not contain quotes, backslashes or control characters");
+            errors.push(
+                "realm",
+                "must not contain quotes, backslashes or control characters",
+            );
         }
         let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
         if !(512..=65536).contains(&max_token_bytes) {
@@ -150,7 +156,10 @@ impl TryFrom<Value> for Policy {
                 continue;
             };
             if !names.insert(rp.name.clone()) {
-                errors.push(format!("{path}.name"), format!("duplicate provider name `{}`", rp.name));
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate provider name `{}`", rp.name),
+                );
             }
             if let Some(p) = compile_provider(rp, &path, max_token_bytes, &mut errors) {
                 providers.push(p);
@@ -165,7 +174,10 @@ impl TryFrom<Value> for Policy {
                 continue;
             };
             if !route_names.insert(rr.name.clone()) {
-                errors.push(format!("{path}.name"), format!("duplicate route name `{}`", rr.name));
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate route name `{}`", rr.name),
+                );
             }
             if let Some(r) = compile_route(rr, &path, &providers, &names, &mut errors) {
                 routes.push(r);
@@ -203,8 +215,16 @@ fn compile_provider(
     errors: &mut Errors,
 ) -> Option<Provider> {
     let start = errors.len();
-    if rp.name.is_empty() || !rp.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
-        errors.push(format!("{path}.name"), "must be non-empty letters, digits, `-` or `_` (it appears in stat names)");
+    if rp.name.is_empty()
+        || !rp
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        errors.push(
+            format!("{path}.name"),
+            "must be non-empty letters, digits, `-` or `_` (it appears in stat names)",
+        );
     }
     if rp.issuer.is_empty() {
         errors.push(format!("{path}.issuer"), "must not be empty");
@@ -227,11 +247,16 @@ fn compile_provider(
     });
     let keys = match (rp.jwks.inline, rp.jwks.remote) {
         (Some(_), Some(_)) | (None, None) => {
-            errors.push(format!("{path}.jwks"), "set exactly one of `inline` or `remote`");
+            errors.push(
+                format!("{path}.jwks"),
+                "set exactly one of `inline` or `remote`",
+            );
             None
         }
         (Some(inline), None) => compile_inline_jwks(inline, &format!("{path}.jwks.inline"), errors),
-        (None, Some(remote)) => compile_remote(remote, &rp.name, &format!("{path}.jwks.remote"), errors),
+        (None, Some(remote)) => {
+            compile_remote(remote, &rp.name, &format!("{path}.jwks.remote"), errors)
+        }
     };
     let sources = match rp.from {
         None => vec![TokenSource::Header {
@@ -239,7 +264,10 @@ fn compile_provider(
             prefix: Some("Bearer ".into()),
         }],
         Some(list) if list.is_empty() => {
-            errors.push(format!("{path}.from"), "must name at least one token source");
+            errors.push(
+                format!("{path}.from"),
+                "must name at least one token source",
+            );
             Vec::new()
         }
         Some(list) => list
@@ -266,7 +294,10 @@ fn compile_provider(
         .and_then(|h| check_header_name(&h, &format!("{path}.forward_payload_header"), errors));
     if let Some(types) = &rp.typ {
         if types.is_empty() {
-            errors.push(format!("{path}.typ"), "an empty allow-list would reject every token; omit it instead");
+            errors.push(
+                format!("{path}.typ"),
+                "an empty allow-list would reject every token; omit it instead",
+            );
         }
     }
     if let Some(0) = rp.max_lifetime_seconds {
@@ -274,7 +305,10 @@ fn compile_provider(
     }
     let scope_claims = match rp.scope_claims {
         Some(list) if list.is_empty() => {
-            errors.push(format!("{path}.scope_claims"), "must name at least one claim path");
+            errors.push(
+                format!("{path}.scope_claims"),
+                "must name at least one claim path",
+            );
             Vec::new()
         }
         Some(list) => list,
@@ -322,12 +356,19 @@ fn compile_inline_jwks(value: Value, path: &str, errors: &mut Errors) -> Option<
             if p.jwks.is_empty() && p.rejected.is_empty() {
                 errors.push(path, "holds no signing key");
             }
-            p.rejected.is_empty().then(|| KeySource::Inline(Rc::new(p.jwks)))
+            p.rejected
+                .is_empty()
+                .then(|| KeySource::Inline(Rc::new(p.jwks)))
         }
     }
 }
 
-fn compile_remote(r: RawRemoteJwks, provider: &str, path: &str, errors: &mut Errors) -> Option<KeySource> {
+fn compile_remote(
+    r: RawRemoteJwks,
+    provider: &str,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<KeySource> {
     let start = errors.len();
     if r.cluster.is_empty() {
         errors.push(format!("{path}.cluster"), "must name an Envoy cluster");
@@ -347,7 +388,10 @@ fn compile_remote(r: RawRemoteJwks, provider: &str, path: &str, errors: &mut Err
     let min_refetch = secs(r.min_refetch_seconds, 30, "min_refetch_seconds", errors);
     let timeout_ms = r.timeout_ms.unwrap_or(3000);
     if !(100..=60_000).contains(&timeout_ms) {
-        errors.push(format!("{path}.timeout_ms"), "must be between 100 and 60000");
+        errors.push(
+            format!("{path}.timeout_ms"),
+            "must be between 100 and 60000",
+        );
     }
     (errors.len() == start).then(|| {
         KeySource::Remote(RemoteSpec {
@@ -371,7 +415,9 @@ fn compile_source(s: RawTokenSource, path: &str, errors: &mut Errors) -> Option<
             Some(TokenSource::Header { name, prefix })
         }
         (None, Some(q), None) if s.prefix.is_none() && !q.is_empty() => Some(TokenSource::Query(q)),
-        (None, None, Some(c)) if s.prefix.is_none() && !c.is_empty() => Some(TokenSource::Cookie(c)),
+        (None, None, Some(c)) if s.prefix.is_none() && !c.is_empty() => {
+            Some(TokenSource::Cookie(c))
+        }
         _ => {
             errors.push(path, "set exactly one of `header` (with optional `prefix`), `query` or `cookie`, non-empty");
             None
@@ -388,7 +434,16 @@ fn check_header_name(name: &str, path: &str, errors: &mut Errors) -> Option<Stri
         errors.push(path, format!("`{name}` is not a valid header name"));
         return None;
     }
-    if ["host", "content-length", "transfer-encoding", "connection", "te", "upgrade"].contains(&lower.as_str()) {
+    if [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+    ]
+    .contains(&lower.as_str())
+    {
         errors.push(path, format!("`{name}` is reserved"));
         return None;
     }
@@ -416,7 +471,10 @@ fn compile_route(
             .map(|(j, m)| {
                 let upper = m.to_ascii_uppercase();
                 if upper.is_empty() || !upper.chars().all(|c| c.is_ascii_uppercase()) {
-                    errors.push(format!("{path}.match.methods[{j}]"), format!("`{m}` is not an HTTP method"));
+                    errors.push(
+                        format!("{path}.match.methods[{j}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    );
                 }
                 upper
             })
@@ -424,11 +482,17 @@ fn compile_route(
     });
     let access = match (rr.public, rr.providers.is_empty()) {
         (true, false) => {
-            errors.push(path, "a route is either `public: true` or lists `providers`, not both");
+            errors.push(
+                path,
+                "a route is either `public: true` or lists `providers`, not both",
+            );
             None
         }
         (false, true) => {
-            errors.push(format!("{path}.providers"), "list the providers whose tokens this route accepts, or set `public: true`");
+            errors.push(
+                format!("{path}.providers"),
+                "list the providers whose tokens this route accepts, or set `public: true`",
+            );
             None
         }
         (true, true) => Some(Access::Public),
@@ -439,7 +503,10 @@ fn compile_route(
                     Some(id) => ids.push(id),
                     // A provider that failed to compile already has its own error.
                     None if provider_names.contains(name) => {}
-                    None => errors.push(format!("{path}.providers[{j}]"), format!("no provider named `{name}`")),
+                    None => errors.push(
+                        format!("{path}.providers[{j}]"),
+                        format!("no provider named `{name}`"),
+                    ),
                 }
             }
             Some(Access::Providers(ids))
@@ -453,7 +520,10 @@ fn compile_route(
         })
         .unwrap_or_default();
     if !scopes.is_empty() && access == Some(Access::Public) {
-        errors.push(format!("{path}.scopes"), "a public route has no principal to check scopes on");
+        errors.push(
+            format!("{path}.scopes"),
+            "a public route has no principal to check scopes on",
+        );
     }
     if errors.len() > start {
         return None;

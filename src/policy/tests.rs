@@ -56,7 +56,10 @@ fn every_error_is_reported_at_once_with_its_path() {
     }));
     // Top-level shape errors stop before item parsing.
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("bogus") || errs[0].contains("bogus"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("bogus") || errs[0].contains("bogus"),
+        "{errs:?}"
+    );
 
     let errs = errors(json!({
         "realm": "a\"b",
@@ -110,7 +113,8 @@ fn unknown_algorithm_names_the_entry() {
 #[test]
 fn weak_inline_keys_are_config_errors() {
     let short = json!({"keys": [{"kty": "oct", "kid": "k", "alg": "HS256", "k": "c2hvcnQ"}]});
-    let errs = errors(json!({"providers": [{"name": "p", "issuer": "i", "jwks": {"inline": short}}]}));
+    let errs =
+        errors(json!({"providers": [{"name": "p", "issuer": "i", "jwks": {"inline": short}}]}));
     assert!(has(&errs, "providers[0].jwks.inline:"), "{errs:?}");
 }
 
