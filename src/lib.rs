@@ -16,3 +16,4 @@ pub mod routes;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+pub mod ratelimit;
