@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 ENVOY       := $(VENV)/bin/envoy
 WASM_TARGET := wasm32-wasip1
 WASM        := target/$(WASM_TARGET)/release/apiguard.wasm
-CLI         := target/release/apiguard
+CLI         := target/cli/apiguard
 GIT_REV     := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
@@ -41,7 +41,7 @@ $(WASM): .wasm-target.stamp $(RUST_SRC)
 	@ls -l $(WASM) | awk '{print "apiguard.wasm: " $$5 " bytes"}'
 
 $(CLI): $(RUST_SRC)
-	cargo build --release --bin apiguard
+	cargo build --profile cli --bin apiguard
 
 wasm: $(WASM)
 cli: $(CLI)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
 ENVOY=${APIGUARD_ENVOY:-.venv/bin/envoy}
-CLI=${APIGUARD_CLI:-target/release/apiguard}
+CLI=${APIGUARD_CLI:-target/cli/apiguard}
 
 for port in 10000 9901 18080; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then

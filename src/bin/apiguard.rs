@@ -175,6 +175,13 @@ fn token(args: &[String]) -> ExitCode {
         }
     });
     let key_bytes = match std::fs::read(&key_path) {
+        Ok(b) if lower.starts_with("hs") => match mint::secret_from_key_file(&b) {
+            Ok(secret) => secret,
+            Err(e) => {
+                eprintln!("{key_path}: {e}");
+                return ExitCode::from(1);
+            }
+        },
         Ok(b) => b,
         Err(e) => {
             eprintln!("{key_path}: {e}");
