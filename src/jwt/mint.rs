@@ -63,6 +63,19 @@ pub fn mint(
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
 
+/// The raw secret held by an HMAC key file such as `envoy/demo/hs256.key`: one line of
+/// base64url (padding and surrounding whitespace tolerated), the same string as the JWK's
+/// `k`. [`mint`] takes raw secret bytes, so decode a key file with this first.
+pub fn secret_from_key_file(contents: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(contents)
+        .map_err(|_| "the secret file is not base64url text".to_string())?
+        .trim()
+        .trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| "the secret file is not one line of base64url".to_string())
+}
+
 fn sign(alg: Alg, key: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
     match alg {
         Alg::HS256 | Alg::HS384 | Alg::HS512 => hmac_sign(alg, key, input),

@@ -618,10 +618,17 @@ fn non_json_header_or_payload_is_malformed() {
         ("payload_not_json", "payload is not a JSON object"),
         ("payload_array", "payload is not a JSON object"),
         ("payload_bad_utf8", "invalid UTF-8"),
+        ("header_duplicate", "duplicate member name"),
+        ("payload_duplicate", "duplicate member name"),
     ];
     for (name, why) in cases {
         assert_eq!(check(hs(name)), Err(JwtError::Malformed(why)), "{name}");
     }
+}
+
+#[test]
+fn duplicates_only_matter_at_the_top_level() {
+    assert!(check(hs("nested_duplicate_ok")).is_ok());
 }
 
 #[test]
@@ -1374,10 +1381,20 @@ mod minting {
     }
 
     fn demo_secret() -> Vec<u8> {
-        let text = include_str!("../../envoy/demo/hs256.key");
-        let raw = unb64(text.trim());
+        let file = include_bytes!("../../envoy/demo/hs256.key");
+        let raw = crate::jwt::mint::secret_from_key_file(file).unwrap();
         assert_eq!(raw.len(), 32);
+        assert_eq!(raw, unb64(std::str::from_utf8(file).unwrap().trim()));
         raw
+    }
+
+    #[test]
+    fn secret_from_key_file_decodes_base64url() {
+        use crate::jwt::mint::secret_from_key_file;
+        assert_eq!(secret_from_key_file(b"AQID\n").unwrap(), vec![1, 2, 3]);
+        assert_eq!(secret_from_key_file(b"  AQI=\r\n").unwrap(), vec![1, 2]);
+        assert!(secret_from_key_file(b"not base64!").is_err());
+        assert!(secret_from_key_file(&[0xff, 0xfe]).is_err());
     }
 
     #[test]

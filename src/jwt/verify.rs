@@ -144,9 +144,45 @@ fn json_object(seg: &str, what: &'static str) -> Result<Map<String, Value>, JwtE
     if std::str::from_utf8(&bytes).is_err() {
         return Err(JwtError::Malformed("invalid UTF-8"));
     }
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(JwtError::Malformed(what)),
+    match serde_json::from_slice::<UniqueObject>(&bytes) {
+        Ok(UniqueObject(map)) => Ok(map),
+        Err(e) if e.to_string().starts_with(DUPLICATE) => {
+            Err(JwtError::Malformed("duplicate member name"))
+        }
+        Err(_) => Err(JwtError::Malformed(what)),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+/// A JSON object whose top-level member names are unique. RFC 7515 §5.2 allows either
+/// rejecting duplicates or taking the last one; rejecting them means no component behind
+/// the filter (which receives the payload) can read a different value than we checked.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some(name) = access.next_key::<String>()? {
+                    let value: Value = access.next_value()?;
+                    if map.insert(name, value).is_some() {
+                        return Err(serde::de::Error::custom(DUPLICATE));
+                    }
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        d.deserialize_map(Members)
     }
 }
 

@@ -159,6 +159,9 @@ cases = {
     "payload_not_json": (H, b"hello"),
     "payload_array": (H, b"[1,2]"),
     "payload_bad_utf8": (H, b'{"iss":"\xff"}'),
+    "header_duplicate": (b'{"alg":"none","alg":"HS256","kid":"hmac"}', claims),
+    "payload_duplicate": (H, b'{"iss":"https://issuer.test","aud":"api","sub":"alice","sub":"admin","exp":1700000300}'),
+    "nested_duplicate_ok": (H, b'{"iss":"https://issuer.test","aud":"api","exp":1700000300,"x":{"a":1,"a":2}}'),
 }
 out.append(f"pub const HS: [(&str, &str); {len(cases)}] = [")
 for name, (h, p) in cases.items():
