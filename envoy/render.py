@@ -19,10 +19,20 @@ def render() -> str:
     return (HERE / "envoy.template.yaml").read_text().replace("{{POLICY_JSON}}", indented)
 
 
+def demo_keys_in_sync() -> bool:
+    """The demo policy must carry exactly the public keys of envoy/demo/jwks.json."""
+    policy = yaml.safe_load((HERE / "demo" / "policy.yaml").read_text())
+    inline = policy["providers"][0]["jwks"]["inline"]
+    return inline == json.loads((HERE / "demo" / "jwks.json").read_text())
+
+
 def main() -> int:
     out = HERE / "envoy.yaml"
     text = render()
     if "--check" in sys.argv[1:]:
+        if not demo_keys_in_sync():
+            print("envoy/demo/policy.yaml keys differ from envoy/demo/jwks.json", file=sys.stderr)
+            return 1
         if out.read_text() != text:
             print("envoy/envoy.yaml is stale: run `make envoy-config`", file=sys.stderr)
             return 1
