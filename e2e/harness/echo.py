@@ -32,6 +32,10 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
+    def _raw_target(self) -> str:
+        parts = self.raw_requestline.decode("latin-1").rstrip("\r\n").split(" ")
+        return parts[1] if len(parts) >= 2 else self.path
+
     def _handle(self):
         body = self._read_body()
         headers: dict[str, object] = {}
@@ -44,7 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
                 headers[k] = v
         record = {
             "method": self.command,
-            "path": self.path,
+            # self.path is not the wire target: Python 3.11+ collapses a leading "//".
+            "path": self._raw_target(),
             "headers": headers,
             "body_b64": base64.b64encode(body).decode(),
         }
