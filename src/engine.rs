@@ -5,13 +5,15 @@
 
 use std::rc::Rc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::authz::{claim_at, granted_scopes};
+use crate::authz::{self, claim_at, granted_scopes};
 use crate::credentials::{self, Found};
 use crate::host::{Clock, SignatureHost};
 use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
-use crate::policy::{Access, KeySource, Policy, Provider, TokenSource, Unmatched};
+use crate::policy::{
+    Access, ApiKeySet, KeySource, Policy, PrincipalRef, Provider, TokenSource, Unmatched,
+};
 use crate::problem::Denial;
 use crate::routes::{split_query, unsafe_path_reason};
 
@@ -25,6 +27,9 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     pub headers: &'a [(String, String)],
     pub request_id: Option<&'a str>,
+    /// First URI SAN and subject of the client certificate Envoy verified (mTLS), if any.
+    pub peer_uri_san: Option<&'a str>,
+    pub peer_subject: Option<&'a str>,
 }
 
 /// Changes to make to an allowed request before it goes upstream.
@@ -48,6 +53,10 @@ pub struct Decision {
     pub route: Option<String>,
     /// `sub` of the authenticated token (never the token itself).
     pub principal: Option<String>,
+    /// The enforced rule that denied the request.
+    pub rule: Option<String>,
+    /// Audit-mode rules that would have denied it.
+    pub audit_denied: Vec<String>,
     /// Providers that saw an unknown `kid`: the glue asks their JWKS to be refetched.
     pub refetch: Vec<usize>,
 }
@@ -144,6 +153,8 @@ impl Engine {
             verdict: Verdict::Allow(Mutations::default()),
             route: None,
             principal: None,
+            rule: None,
+            audit_denied: Vec::new(),
             refetch: Vec::new(),
         };
         let deny = |mut d: Decision, denial: Denial| {
@@ -186,18 +197,18 @@ impl Engine {
         let route = found.route;
         decision.route = Some(route.name.clone());
 
-        let providers = match &route.access {
+        let principals = match &route.access {
             Access::Public => {
                 decision.verdict = Verdict::Allow(mutations);
                 return decision;
             }
-            Access::Providers(ids) => ids,
+            Access::Principals(ids) => ids,
         };
 
         let now = clock.now_secs();
-        let (provider_id, verified) = match self.authenticate(
+        let principal = match self.authenticate(
             &policy,
-            providers,
+            principals,
             req,
             query,
             now,
@@ -205,7 +216,7 @@ impl Engine {
             metrics,
             &mut decision,
         ) {
-            Ok(ok) => ok,
+            Ok(p) => p,
             Err(AuthFailure::Denied(d)) => return deny(decision, *d),
             Err(AuthFailure::Unavailable) => {
                 let mut d = Denial::new(
@@ -217,115 +228,297 @@ impl Engine {
                 return deny(decision, d);
             }
         };
-        let Some(provider) = policy.providers.get(provider_id) else {
-            return deny(
-                decision,
-                Denial::new(500, "internal", "provider index out of range"),
-            );
-        };
-        decision.principal = verified
-            .claims
+        let claims = principal.claims(&policy);
+        decision.principal = claims
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_string);
 
+        let outcome = authz::evaluate(&route.rules, claims, &found.params);
+        for rule in &outcome.audit_denied {
+            metrics.incr("apiguard.audit_denied");
+            decision.audit_denied.push(rule.clone());
+        }
+        if let Some(rule) = outcome.denied_by {
+            decision.rule = Some(rule);
+            return deny(
+                decision,
+                Denial::new(
+                    403,
+                    "rule_denied",
+                    "a rule of the route denies this request",
+                ),
+            );
+        }
         if !route.scopes.is_empty() {
-            let granted = granted_scopes(&verified.claims, &provider.scope_claims);
+            let granted = granted_scopes(claims, principal.scope_claims(&policy));
             if let Err(needed) = route.scopes.check(&granted) {
                 return deny(decision, Denial::insufficient_scope(&policy.realm, &needed));
             }
         }
 
-        add_upstream_headers(provider, &verified, &mut mutations);
-        if !provider.forward {
-            remove_credential(provider, req, path, query, &mut mutations);
+        match principal {
+            Principal::Jwt { provider, verified } => {
+                let Some(provider) = policy.providers.get(provider) else {
+                    return deny(
+                        decision,
+                        Denial::new(500, "internal", "provider index out of range"),
+                    );
+                };
+                add_upstream_headers(provider, &verified, &mut mutations);
+                if !provider.forward {
+                    remove_credential(&provider.sources, req, path, query, &mut mutations);
+                }
+            }
+            Principal::ApiKey { set, .. } => {
+                if let Some(set) = policy.api_key_sets.get(set) {
+                    if !set.forward {
+                        remove_credential(&set.sources, req, path, query, &mut mutations);
+                    }
+                }
+            }
+            Principal::ClientCert { .. } => {}
         }
         decision.verdict = Verdict::Allow(mutations);
         decision
     }
 
-    /// Tries every provider the route accepts; the first valid token wins.
+    /// Tries every principal source the route accepts, in policy order; the first valid
+    /// credential wins. Failures are reported for the most specific source that saw one.
     #[allow(clippy::too_many_arguments)]
     fn authenticate(
         &mut self,
         policy: &Policy,
-        providers: &[usize],
+        principals: &[PrincipalRef],
         req: &RequestHead,
         query: &str,
         now: u64,
         crypto: &dyn SignatureHost,
         metrics: &mut dyn Metrics,
         decision: &mut Decision,
-    ) -> Result<(usize, Rc<Verified>), AuthFailure> {
+    ) -> Result<Principal, AuthFailure> {
         let mut unavailable = false;
-        let mut first_error: Option<JwtError> = None;
-        for &id in providers {
-            let Some(provider) = policy.providers.get(id) else {
-                continue;
-            };
-            for source in &provider.sources {
-                let token = match credentials::extract(source, req.headers, query) {
-                    Found::None => continue,
-                    Found::Ambiguous => {
-                        return Err(AuthFailure::Denied(Box::new(Denial::invalid_request(
-                            &policy.realm,
-                            "more than one credential in the request",
-                        ))))
-                    }
-                    Found::Token(t) => t,
-                };
-                // Several providers may share a header: skip, without paying for a
-                // signature check, tokens another issuer minted.
-                if providers.len() > 1 {
-                    if let Some(iss) = jwt::peek_issuer(&token) {
-                        if iss != provider.rules.issuer {
-                            first_error.get_or_insert(JwtError::WrongIssuer);
+        let mut failure: Option<Denial> = None;
+        let jwt_count = principals
+            .iter()
+            .filter(|p| matches!(p, PrincipalRef::Jwt(_)))
+            .count();
+        let ambiguous = || {
+            AuthFailure::Denied(Box::new(Denial::invalid_request(
+                &policy.realm,
+                "more than one credential in the request",
+            )))
+        };
+        for principal in principals {
+            match *principal {
+                PrincipalRef::Jwt(id) => {
+                    let Some(provider) = policy.providers.get(id) else {
+                        continue;
+                    };
+                    for source in &provider.sources {
+                        let token = match credentials::extract(source, req.headers, query) {
+                            Found::None => continue,
+                            Found::Ambiguous => return Err(ambiguous()),
+                            Found::Token(t) => t,
+                        };
+                        // Several providers may share a header: skip, without paying for a
+                        // signature check, tokens another issuer minted.
+                        if jwt_count > 1 {
+                            if let Some(iss) = jwt::peek_issuer(&token) {
+                                if iss != provider.rules.issuer {
+                                    failure.get_or_insert_with(|| {
+                                        jwt_denial(policy, &JwtError::WrongIssuer)
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(keys) = self.keys.get(id) else {
                             continue;
-                        }
-                    }
-                }
-                let Some(keys) = self.keys.get(id) else {
-                    continue;
-                };
-                let Some(jwks) = keys.jwks.clone() else {
-                    unavailable = true;
-                    continue;
-                };
-                let generation = keys.generation;
-                if let Some(hit) = self.cache.get(id, generation, &token, &provider.rules, now) {
-                    metrics.incr("apiguard.jwt.cache_hit");
-                    return Ok((id, hit));
-                }
-                metrics.incr("apiguard.jwt.cache_miss");
-                match jwt::verify(&token, &jwks, &provider.rules, now, crypto) {
-                    Ok(v) => {
-                        let v = Rc::new(v);
-                        self.cache.insert(id, generation, &token, v.clone());
-                        return Ok((id, v));
-                    }
-                    Err(e) => {
-                        if e == JwtError::UnknownKid
-                            && matches!(provider.keys, KeySource::Remote(_))
+                        };
+                        let Some(jwks) = keys.jwks.clone() else {
+                            unavailable = true;
+                            continue;
+                        };
+                        let generation = keys.generation;
+                        if let Some(hit) =
+                            self.cache.get(id, generation, &token, &provider.rules, now)
                         {
-                            decision.refetch.push(id);
+                            metrics.incr("apiguard.jwt.cache_hit");
+                            return Ok(Principal::Jwt {
+                                provider: id,
+                                verified: hit,
+                            });
                         }
-                        first_error.get_or_insert(e);
+                        metrics.incr("apiguard.jwt.cache_miss");
+                        match jwt::verify(&token, &jwks, &provider.rules, now, crypto) {
+                            Ok(v) => {
+                                let v = Rc::new(v);
+                                self.cache.insert(id, generation, &token, v.clone());
+                                return Ok(Principal::Jwt {
+                                    provider: id,
+                                    verified: v,
+                                });
+                            }
+                            Err(e) => {
+                                if e == JwtError::UnknownKid
+                                    && matches!(provider.keys, KeySource::Remote(_))
+                                {
+                                    decision.refetch.push(id);
+                                }
+                                failure.get_or_insert_with(|| jwt_denial(policy, &e));
+                            }
+                        }
                     }
+                }
+                PrincipalRef::ApiKey(id) => {
+                    let Some(set) = policy.api_key_sets.get(id) else {
+                        continue;
+                    };
+                    for source in &set.sources {
+                        let presented = match credentials::extract(source, req.headers, query) {
+                            Found::None => continue,
+                            Found::Ambiguous => return Err(ambiguous()),
+                            Found::Token(t) => t,
+                        };
+                        match find_api_key(set, &presented) {
+                            Some(key) => return Ok(Principal::ApiKey { set: id, key }),
+                            None => {
+                                failure.get_or_insert_with(|| {
+                                    let mut d = Denial::new(
+                                        401,
+                                        "invalid_api_key",
+                                        "the API key is not valid",
+                                    );
+                                    d.www_authenticate =
+                                        Some(format!("APIKey realm=\"{}\"", policy.realm));
+                                    d
+                                });
+                            }
+                        }
+                    }
+                }
+                PrincipalRef::ClientCert(id) => {
+                    let Some(set) = policy.cert_sets.get(id) else {
+                        continue;
+                    };
+                    if req.peer_uri_san.is_none() && req.peer_subject.is_none() {
+                        continue;
+                    }
+                    if set.admits(req.peer_uri_san, req.peer_subject) {
+                        return Ok(Principal::ClientCert {
+                            claims: cert_claims(req.peer_uri_san, req.peer_subject),
+                        });
+                    }
+                    // TLS client authentication has no HTTP challenge: a certificate
+                    // Envoy accepted but the route does not is a 403, not a 401.
+                    failure.get_or_insert_with(|| {
+                        Denial::new(
+                            403,
+                            "identity_not_allowed",
+                            "the client certificate identity is not allowed here",
+                        )
+                    });
                 }
             }
+        }
+        if let Some(d) = failure {
+            return Err(AuthFailure::Denied(Box::new(d)));
         }
         if unavailable {
             return Err(AuthFailure::Unavailable);
         }
-        match first_error {
-            Some(e) => Err(AuthFailure::Denied(Box::new(Denial::invalid_token(
-                &policy.realm,
-                e.code(),
-                e.description(),
-            )))),
-            None => Err(AuthFailure::Denied(Box::new(Denial::missing_credentials(
-                &policy.realm,
-            )))),
+        let only_certs = principals
+            .iter()
+            .all(|p| matches!(p, PrincipalRef::ClientCert(_)));
+        if only_certs {
+            return Err(AuthFailure::Denied(Box::new(Denial::new(
+                403,
+                "client_certificate_required",
+                "this route requires a client certificate",
+            ))));
+        }
+        let mut d = Denial::missing_credentials(&policy.realm);
+        if jwt_count == 0 {
+            d.www_authenticate = Some(format!("APIKey realm=\"{}\"", policy.realm));
+            d.detail = "an API key is required".into();
+        }
+        Err(AuthFailure::Denied(Box::new(d)))
+    }
+}
+
+fn jwt_denial(policy: &Policy, e: &JwtError) -> Denial {
+    Denial::invalid_token(&policy.realm, e.code(), e.description())
+}
+
+/// Compares the presented key's SHA-256 with every stored digest in constant time, so
+/// neither the key nor its position in the policy leaks through timing.
+fn find_api_key(set: &ApiKeySet, presented: &str) -> Option<usize> {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut found = None;
+    for (i, key) in set.keys.iter().enumerate() {
+        if bool::from(key.digest.ct_eq(&digest)) {
+            found = Some(i);
+        }
+    }
+    found
+}
+
+fn cert_claims(uri_san: Option<&str>, subject: Option<&str>) -> Map<String, Value> {
+    let mut claims = Map::new();
+    let id = uri_san.or(subject).unwrap_or_default();
+    claims.insert("sub".into(), Value::String(id.to_string()));
+    if let Some(u) = uri_san {
+        claims.insert("uri_san".into(), Value::String(u.to_string()));
+    }
+    if let Some(s) = subject {
+        claims.insert("subject".into(), Value::String(s.to_string()));
+    }
+    claims
+}
+
+/// Who authenticated.
+enum Principal {
+    Jwt {
+        provider: usize,
+        verified: Rc<Verified>,
+    },
+    ApiKey {
+        set: usize,
+        key: usize,
+    },
+    ClientCert {
+        claims: Map<String, Value>,
+    },
+}
+
+static NO_CLAIMS: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+
+impl Principal {
+    fn claims<'a>(&'a self, policy: &'a Policy) -> &'a Map<String, Value> {
+        match self {
+            Principal::Jwt { verified, .. } => &verified.claims,
+            Principal::ApiKey { set, key } => {
+                match policy.api_key_sets.get(*set).and_then(|s| s.keys.get(*key)) {
+                    Some(k) => &k.claims,
+                    None => NO_CLAIMS.get_or_init(Map::new),
+                }
+            }
+            Principal::ClientCert { claims } => claims,
+        }
+    }
+
+    fn scope_claims<'a>(&self, policy: &'a Policy) -> &'a [String] {
+        static SCOPE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        match self {
+            Principal::Jwt { provider, .. } => policy
+                .providers
+                .get(*provider)
+                .map(|p| p.scope_claims.as_slice())
+                .unwrap_or_default(),
+            _ => SCOPE.get_or_init(|| vec!["scope".to_string()]),
         }
     }
 }
@@ -363,13 +556,13 @@ fn header_value(v: &Value) -> Option<String> {
 }
 
 fn remove_credential(
-    provider: &Provider,
+    sources: &[TokenSource],
     req: &RequestHead,
     path: &str,
     query: &str,
     m: &mut Mutations,
 ) {
-    for source in &provider.sources {
+    for source in sources {
         match source {
             TokenSource::Header { name, .. } => m.remove_headers.push(name.clone()),
             TokenSource::Query(param) => {

@@ -453,11 +453,27 @@ impl HttpContext for Request {
             .iter()
             .find(|(k, _)| k == "x-request-id")
             .map(|(_, v)| v.as_str());
+        // Only policies that name client-certificate identities pay for these lookups.
+        let needs_peer = !worker.engine.borrow().policy().cert_sets.is_empty();
+        let peer_property = |name: &str| {
+            if !needs_peer {
+                return None;
+            }
+            hostcalls::get_property(vec!["connection", name])
+                .ok()
+                .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let peer_uri_san = peer_property("uri_san_peer_certificate");
+        let peer_subject = peer_property("subject_peer_certificate");
         let head = RequestHead {
             method: pseudo(":method"),
             path: pseudo(":path"),
             headers: &headers,
             request_id,
+            peer_uri_san: peer_uri_san.as_deref(),
+            peer_subject: peer_subject.as_deref(),
         };
         let decision = {
             let mut engine = worker.engine.borrow_mut();
@@ -478,6 +494,9 @@ impl HttpContext for Request {
 
 impl Request {
     fn apply(&self, decision: Decision, request_id: Option<&str>) -> Action {
+        // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
+        let record = decision_record(&decision);
+        let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
         match decision.verdict {
             Verdict::Allow(m) => {
                 for name in &m.remove_headers {
@@ -501,6 +520,7 @@ impl Request {
                         "status": denial.status,
                         "reason": denial.reason,
                         "route": decision.route,
+                        "rule": decision.rule,
                         "principal": decision.principal,
                         "request_id": request_id,
                     })
@@ -520,4 +540,38 @@ impl Request {
             }
         }
     }
+}
+
+/// `decision=allow|deny|audit-deny route=.. rule=.. reason=.. principal=..` (`-` when empty).
+fn decision_record(d: &Decision) -> String {
+    let (verdict, reason) = match &d.verdict {
+        Verdict::Allow(_) if !d.audit_denied.is_empty() => ("audit-deny", "-"),
+        Verdict::Allow(_) => ("allow", "-"),
+        Verdict::Deny(denial) => ("deny", denial.reason),
+    };
+    let rule = d
+        .rule
+        .clone()
+        .or_else(|| (!d.audit_denied.is_empty()).then(|| d.audit_denied.join(",")));
+    let clean = |s: Option<&str>| {
+        s.filter(|v| !v.is_empty())
+            .map(|v| {
+                v.chars()
+                    .map(|c| {
+                        if c.is_whitespace() || c.is_control() {
+                            '_'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect::<String>()
+            })
+            .unwrap_or_else(|| "-".to_string())
+    };
+    format!(
+        "decision={verdict} route={} rule={} reason={reason} principal={}",
+        clean(d.route.as_deref()),
+        clean(rule.as_deref()),
+        clean(d.principal.as_deref()),
+    )
 }

@@ -71,6 +71,8 @@ fn run(
             path,
             headers: &headers,
             request_id: Some("rid"),
+            peer_uri_san: None,
+            peer_subject: None,
         },
         &clock,
         &NoHostCrypto,
@@ -291,4 +293,130 @@ fn second_provider_is_tried_by_issuer() {
     let (d, m) = run(&mut e, "GET", "/x", &[("authorization", &auth)]);
     allowed(&d);
     assert_eq!(m.0.iter().filter(|n| n.contains("cache_miss")).count(), 1);
+}
+
+// ---- authorization: rules, API keys, client certificates ----
+
+const PARTNER_KEY_SHA256: &str = "e52400b859c4e56d31bbe19ffb15afe7cf79f151d5ba2232187e30d9096e22eb";
+
+fn authz_engine() -> Engine {
+    let policy = json!({
+        "providers": [provider(json!({}))],
+        "api_keys": [{"name": "partners", "keys": [
+            {"client_id": "partner-a", "sha256": PARTNER_KEY_SHA256, "scopes": ["items:read"]}]}],
+        "client_certs": [{"name": "mesh", "uri_sans": ["spiffe://cluster.local/ns/shop/sa/checkout"]}],
+        "routes": [
+            {"name": "tenant-orders", "match": {"path": "/tenants/{tenant}/orders/{id}"}, "providers": ["test"],
+             "rules": [
+                {"name": "not-blocked", "effect": "deny", "when": {"claim": "blocked", "equals": true}},
+                {"name": "own-tenant", "when": {"claim": "org.id", "equals_param": "tenant"}},
+                {"name": "shadow-role", "mode": "audit", "when": {"claim": "roles", "contains": "auditor"}}
+             ]},
+            {"name": "items", "match": {"prefix": "/items"}, "providers": ["test", "partners"], "scopes": {"all_of": ["items:read"]}},
+            {"name": "internal", "match": {"prefix": "/internal"}, "providers": ["mesh"]}
+        ]
+    });
+    Engine::new(Rc::new(
+        Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}")),
+    ))
+}
+
+fn run_peer(
+    engine: &mut Engine,
+    path: &str,
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+) -> Decision {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let clock = FakeClock::at_secs(1_700_000_100);
+    engine.on_request_headers(
+        &RequestHead {
+            method: "GET",
+            path,
+            headers: &headers,
+            request_id: None,
+            peer_uri_san: peer,
+            peer_subject: None,
+        },
+        &clock,
+        &NoHostCrypto,
+        &mut Counted::default(),
+    )
+}
+
+#[test]
+fn tenant_bound_to_path_parameter() {
+    let mut e = authz_engine();
+    let auth = format!("Bearer {WRITE}");
+    let d = run_peer(
+        &mut e,
+        "/tenants/acme/orders/1",
+        &[("authorization", &auth)],
+        None,
+    );
+    allowed(&d);
+    assert_eq!(d.audit_denied, vec!["shadow-role"]);
+    let d = run_peer(
+        &mut e,
+        "/tenants/globex/orders/1",
+        &[("authorization", &auth)],
+        None,
+    );
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (403, "rule_denied"));
+    assert_eq!(d.rule.as_deref(), Some("own-tenant"));
+    assert!(
+        !x.body(None).contains("acme"),
+        "the body never names the caller's claims"
+    );
+}
+
+#[test]
+fn api_keys_good_bad_and_scoped() {
+    let mut e = authz_engine();
+    let d = run_peer(&mut e, "/items/1", &[("x-api-key", "k-partner-a")], None);
+    allowed(&d);
+    assert_eq!(d.principal.as_deref(), Some("partner-a"));
+    assert!(allowed(&d)
+        .remove_headers
+        .contains(&"x-api-key".to_string()));
+    let d = run_peer(&mut e, "/items/1", &[("x-api-key", "k-partner-b")], None);
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (401, "invalid_api_key"));
+    let d = run_peer(&mut e, "/items/1", &[], None);
+    assert_eq!(denial(&d).reason, "missing_credentials");
+}
+
+#[test]
+fn client_certificate_identities() {
+    let mut e = authz_engine();
+    let d = run_peer(
+        &mut e,
+        "/internal/x",
+        &[],
+        Some("spiffe://cluster.local/ns/shop/sa/checkout"),
+    );
+    allowed(&d);
+    assert_eq!(
+        d.principal.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/checkout")
+    );
+    let d = run_peer(
+        &mut e,
+        "/internal/x",
+        &[],
+        Some("spiffe://cluster.local/ns/shop/sa/other"),
+    );
+    assert_eq!(
+        (denial(&d).status, denial(&d).reason),
+        (403, "identity_not_allowed")
+    );
+    let d = run_peer(&mut e, "/internal/x", &[], None);
+    assert_eq!(
+        (denial(&d).status, denial(&d).reason),
+        (403, "client_certificate_required")
+    );
 }

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::authz::{ScopeRequirement, DEFAULT_SCOPE_CLAIMS};
+use crate::authz::{
+    ClaimTest, Condition, Effect, Mode, Rule, ScopeRequirement, DEFAULT_SCOPE_CLAIMS,
+};
 use crate::jwks_sync::RemoteSpec;
 use crate::jwt::{Alg, Jwks, Rules};
 use crate::routes::{CompiledRoute, PathMatch, RouteTable};
@@ -48,6 +50,8 @@ pub struct Policy {
     pub realm: String,
     pub unmatched: Unmatched,
     pub providers: Vec<Provider>,
+    pub api_key_sets: Vec<ApiKeySet>,
+    pub cert_sets: Vec<CertSet>,
     pub routes: RouteTable<Route>,
     pub token_cache_size: usize,
     /// Every header apiguard itself writes; incoming copies are always removed.
@@ -87,17 +91,59 @@ pub struct ClaimHeader {
     pub header: String,
 }
 
+pub struct ApiKeySet {
+    pub name: String,
+    pub sources: Vec<TokenSource>,
+    pub forward: bool,
+    pub keys: Vec<ApiKey>,
+}
+
+pub struct ApiKey {
+    pub digest: [u8; 32],
+    pub client_id: String,
+    /// What rules and scope checks see: `sub`, `client_id` and `scope`.
+    pub claims: Rc<serde_json::Map<String, Value>>,
+}
+
+pub struct CertSet {
+    pub name: String,
+    pub uri_sans: Vec<String>,
+    pub uri_san_prefixes: Vec<String>,
+    pub subjects: Vec<String>,
+}
+
+impl CertSet {
+    pub fn admits(&self, uri_san: Option<&str>, subject: Option<&str>) -> bool {
+        uri_san.is_some_and(|u| {
+            self.uri_sans.iter().any(|s| s == u)
+                || self
+                    .uri_san_prefixes
+                    .iter()
+                    .any(|p| u.starts_with(p.as_str()))
+        }) || subject.is_some_and(|s| self.subjects.iter().any(|x| x == s))
+    }
+}
+
 pub struct Route {
     pub name: String,
     pub access: Access,
     pub scopes: ScopeRequirement,
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     Public,
-    /// Indexes into `Policy::providers`; a token from any of them is accepted.
-    Providers(Vec<usize>),
+    /// Principal sources in policy order; a credential from any of them is accepted.
+    Principals(Vec<PrincipalRef>),
+}
+
+/// Who can authenticate on a route: indexes into the policy's provider lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalRef {
+    Jwt(usize),
+    ApiKey(usize),
+    ClientCert(usize),
 }
 
 impl Policy {
@@ -166,6 +212,55 @@ impl TryFrom<Value> for Policy {
             }
         }
 
+        let mut api_key_sets = Vec::new();
+        for (i, item) in raw.api_keys.into_iter().enumerate() {
+            let path = format!("api_keys[{i}]");
+            let Some(rs) = errors.parse::<RawApiKeySet>(item, &path) else {
+                continue;
+            };
+            if !names.insert(rs.name.clone()) {
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate provider name `{}`", rs.name),
+                );
+            }
+            if let Some(set) = compile_api_keys(rs, &path, &mut errors) {
+                api_key_sets.push(set);
+            }
+        }
+        let mut cert_sets = Vec::new();
+        for (i, item) in raw.client_certs.into_iter().enumerate() {
+            let path = format!("client_certs[{i}]");
+            let Some(rc) = errors.parse::<RawClientCertSet>(item, &path) else {
+                continue;
+            };
+            if !names.insert(rc.name.clone()) {
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate provider name `{}`", rc.name),
+                );
+            }
+            if rc.uri_sans.is_empty() && rc.uri_san_prefixes.is_empty() && rc.subjects.is_empty() {
+                errors.push(
+                    path.clone(),
+                    "list at least one of `uri_sans`, `uri_san_prefixes`, `subjects`",
+                );
+                continue;
+            }
+            cert_sets.push(CertSet {
+                name: rc.name,
+                uri_sans: rc.uri_sans,
+                uri_san_prefixes: rc.uri_san_prefixes,
+                subjects: rc.subjects,
+            });
+        }
+        let principals = PrincipalNames {
+            jwt: &providers,
+            api_keys: &api_key_sets,
+            certs: &cert_sets,
+            declared: &names,
+        };
+
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
         for (i, item) in raw.routes.into_iter().enumerate() {
@@ -179,7 +274,7 @@ impl TryFrom<Value> for Policy {
                     format!("duplicate route name `{}`", rr.name),
                 );
             }
-            if let Some(r) = compile_route(rr, &path, &providers, &names, &mut errors) {
+            if let Some(r) = compile_route(rr, &path, &principals, &mut errors) {
                 routes.push(r);
             }
         }
@@ -201,6 +296,8 @@ impl TryFrom<Value> for Policy {
                 _ => Unmatched::Deny,
             },
             providers,
+            api_key_sets,
+            cert_sets,
             routes: RouteTable::new(routes),
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),
             owned_headers,
@@ -450,11 +547,206 @@ fn check_header_name(name: &str, path: &str, errors: &mut Errors) -> Option<Stri
     Some(lower)
 }
 
+/// Every principal source a route may name, for resolving `providers` entries.
+struct PrincipalNames<'a> {
+    jwt: &'a [Provider],
+    api_keys: &'a [ApiKeySet],
+    certs: &'a [CertSet],
+    /// Names declared at all, including sources that failed to compile.
+    declared: &'a HashSet<String>,
+}
+
+impl PrincipalNames<'_> {
+    fn resolve(&self, name: &str) -> Option<PrincipalRef> {
+        if let Some(i) = self.jwt.iter().position(|p| p.name == name) {
+            return Some(PrincipalRef::Jwt(i));
+        }
+        if let Some(i) = self.api_keys.iter().position(|p| p.name == name) {
+            return Some(PrincipalRef::ApiKey(i));
+        }
+        self.certs
+            .iter()
+            .position(|p| p.name == name)
+            .map(PrincipalRef::ClientCert)
+    }
+}
+
+fn compile_api_keys(rs: RawApiKeySet, path: &str, errors: &mut Errors) -> Option<ApiKeySet> {
+    let start = errors.len();
+    check_name(&rs.name, &format!("{path}.name"), errors);
+    let sources = match rs.from {
+        None => vec![TokenSource::Header {
+            name: "x-api-key".into(),
+            prefix: None,
+        }],
+        Some(list) if list.is_empty() => {
+            errors.push(format!("{path}.from"), "must name at least one key source");
+            Vec::new()
+        }
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, s)| compile_source(s, &format!("{path}.from[{j}]"), errors))
+            .collect(),
+    };
+    let mut keys = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, k) in rs.keys.into_iter().enumerate() {
+        let here = format!("{path}.keys[{j}]");
+        let digest = decode_sha256_hex(&k.sha256);
+        match digest {
+            None => errors.push(
+                format!("{here}.sha256"),
+                "must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
+            ),
+            Some(d) if !seen.insert(d) => errors.push(
+                format!("{here}.sha256"),
+                "the same key digest appears twice",
+            ),
+            Some(_) => {}
+        }
+        if k.client_id.is_empty() || k.client_id.chars().any(char::is_control) {
+            errors.push(
+                format!("{here}.client_id"),
+                "must be non-empty printable text",
+            );
+        }
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), Value::String(k.client_id.clone()));
+        claims.insert("client_id".into(), Value::String(k.client_id.clone()));
+        claims.insert("scope".into(), Value::String(k.scopes.join(" ")));
+        if let Some(digest) = digest {
+            keys.push(ApiKey {
+                digest,
+                client_id: k.client_id,
+                claims: Rc::new(claims),
+            });
+        }
+    }
+    if keys.is_empty() && errors.len() == start {
+        errors.push(format!("{path}.keys"), "list at least one key");
+    }
+    (errors.len() == start).then(|| ApiKeySet {
+        name: rs.name,
+        sources,
+        forward: rs.forward.unwrap_or(false),
+        keys,
+    })
+}
+
+fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn check_name(name: &str, path: &str, errors: &mut Errors) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        errors.push(
+            path,
+            "must be non-empty letters, digits, `-` or `_` (it appears in stat names)",
+        );
+    }
+}
+
+fn compile_condition(
+    rc: RawCondition,
+    path: &str,
+    params: &[String],
+    errors: &mut Errors,
+) -> Option<Condition> {
+    let combinators = [rc.all.is_some(), rc.any.is_some(), rc.not.is_some()];
+    let tests = [
+        rc.equals.is_some(),
+        rc.one_of.is_some(),
+        rc.matches.is_some(),
+        rc.present.is_some(),
+        rc.contains.is_some(),
+        rc.equals_param.is_some(),
+    ];
+    let n_comb = combinators.iter().filter(|b| **b).count();
+    let n_test = tests.iter().filter(|b| **b).count();
+    if n_comb + n_test != 1
+        || (n_comb == 1 && rc.claim.is_some())
+        || (n_test == 1 && rc.claim.is_none())
+    {
+        errors.push(
+            path,
+            "a condition is exactly one of `all`, `any`, `not`, or `claim` with one of `equals`, `one_of`, `matches`, `present`, `contains`, `equals_param`",
+        );
+        return None;
+    }
+    let list = |items: Vec<RawCondition>, key: &str, errors: &mut Errors| {
+        let n = items.len();
+        let out: Vec<Condition> = items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                compile_condition(c, &format!("{path}.{key}[{i}]"), params, errors)
+            })
+            .collect();
+        (out.len() == n).then_some(out)
+    };
+    if let Some(items) = rc.all {
+        return list(items, "all", errors).map(Condition::All);
+    }
+    if let Some(items) = rc.any {
+        return list(items, "any", errors).map(Condition::Any);
+    }
+    if let Some(inner) = rc.not {
+        return compile_condition(*inner, &format!("{path}.not"), params, errors)
+            .map(|c| Condition::Not(Box::new(c)));
+    }
+    let claim = rc.claim.unwrap_or_default();
+    if claim.is_empty() {
+        errors.push(format!("{path}.claim"), "must not be empty");
+        return None;
+    }
+    let test = if let Some(v) = rc.equals {
+        ClaimTest::Equals(v)
+    } else if let Some(vs) = rc.one_of {
+        ClaimTest::OneOf(vs)
+    } else if let Some(re) = rc.matches {
+        match regex::RegexBuilder::new(&re).size_limit(1 << 20).build() {
+            Ok(r) => ClaimTest::Matches(r),
+            Err(e) => {
+                errors.push(format!("{path}.matches"), format!("invalid regex: {e}"));
+                return None;
+            }
+        }
+    } else if let Some(p) = rc.present {
+        ClaimTest::Present(p)
+    } else if let Some(v) = rc.contains {
+        ClaimTest::Contains(v)
+    } else if let Some(name) = rc.equals_param {
+        if !params.contains(&name) {
+            errors.push(
+                format!("{path}.equals_param"),
+                format!("the route's path template has no parameter `{name}`"),
+            );
+            return None;
+        }
+        ClaimTest::EqualsParam(name)
+    } else {
+        return None;
+    };
+    Some(Condition::Claim { path: claim, test })
+}
+
 fn compile_route(
     rr: RawRoute,
     path: &str,
-    providers: &[Provider],
-    provider_names: &HashSet<String>,
+    principals: &PrincipalNames,
     errors: &mut Errors,
 ) -> Option<CompiledRoute<Route>> {
     let start = errors.len();
@@ -499,17 +791,17 @@ fn compile_route(
         (false, false) => {
             let mut ids = Vec::new();
             for (j, name) in rr.providers.iter().enumerate() {
-                match providers.iter().position(|p| &p.name == name) {
+                match principals.resolve(name) {
                     Some(id) => ids.push(id),
                     // A provider that failed to compile already has its own error.
-                    None if provider_names.contains(name) => {}
+                    None if principals.declared.contains(name) => {}
                     None => errors.push(
                         format!("{path}.providers[{j}]"),
-                        format!("no provider named `{name}`"),
+                        format!("no provider, api_keys or client_certs set named `{name}`"),
                     ),
                 }
             }
-            Some(Access::Providers(ids))
+            Some(Access::Principals(ids))
         }
     };
     let scopes = rr
@@ -525,6 +817,48 @@ fn compile_route(
             "a public route has no principal to check scopes on",
         );
     }
+    if !rr.rules.is_empty() && access == Some(Access::Public) {
+        errors.push(
+            format!("{path}.rules"),
+            "a public route has no principal to check rules on",
+        );
+    }
+    let params: Vec<String> = match &matcher {
+        Some(PathMatch::Template(segments)) => segments
+            .iter()
+            .filter_map(|s| match s {
+                crate::routes::Segment::Param(n) => Some(n.clone()),
+                crate::routes::Segment::Literal(_) => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut rules = Vec::new();
+    let mut rule_names = HashSet::new();
+    for (j, raw) in rr.rules.into_iter().enumerate() {
+        let here = format!("{path}.rules[{j}]");
+        check_name(&raw.name, &format!("{here}.name"), errors);
+        if !rule_names.insert(raw.name.clone()) {
+            errors.push(
+                format!("{here}.name"),
+                format!("duplicate rule name `{}`", raw.name),
+            );
+        }
+        if let Some(when) = compile_condition(raw.when, &format!("{here}.when"), &params, errors) {
+            rules.push(Rule {
+                name: raw.name,
+                effect: match raw.effect {
+                    RawEffect::Allow => Effect::Allow,
+                    RawEffect::Deny => Effect::Deny,
+                },
+                mode: match raw.mode {
+                    RawMode::Enforce => Mode::Enforce,
+                    RawMode::Audit => Mode::Audit,
+                },
+                when,
+            });
+        }
+    }
     if errors.len() > start {
         return None;
     }
@@ -535,6 +869,7 @@ fn compile_route(
             name: rr.name,
             access: access?,
             scopes,
+            rules,
         },
     })
 }

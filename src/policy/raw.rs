@@ -22,6 +22,10 @@ pub struct RawPolicy {
     #[serde(default)]
     pub providers: Vec<Value>,
     #[serde(default)]
+    pub api_keys: Vec<Value>,
+    #[serde(default)]
+    pub client_certs: Vec<Value>,
+    #[serde(default)]
     pub routes: Vec<Value>,
 }
 
@@ -121,6 +125,96 @@ pub struct RawRoute {
     pub providers: Vec<String>,
     #[serde(default)]
     pub scopes: Option<RawScopes>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// A named set of API keys; routes name it in `providers` like a JWT provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeySet {
+    pub name: String,
+    #[serde(default)]
+    pub from: Option<Vec<RawTokenSource>>,
+    #[serde(default)]
+    pub forward: Option<bool>,
+    pub keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub client_id: String,
+    /// Hex SHA-256 of the key: the policy never holds the key itself.
+    pub sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Peer identities from a client certificate Envoy verified (mTLS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertSet {
+    pub name: String,
+    #[serde(default)]
+    pub uri_sans: Vec<String>,
+    #[serde(default)]
+    pub uri_san_prefixes: Vec<String>,
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEffect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    #[serde(default)]
+    pub effect: RawEffect,
+    #[serde(default)]
+    pub mode: RawMode,
+    pub when: RawCondition,
+}
+
+/// One claim test, or a combination. Exactly one operator per object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<Value>>,
+    #[serde(default)]
+    pub matches: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+    #[serde(default)]
+    pub contains: Option<Value>,
+    #[serde(default)]
+    pub equals_param: Option<String>,
+    #[serde(default)]
+    pub all: Option<Vec<RawCondition>>,
+    #[serde(default)]
+    pub any: Option<Vec<RawCondition>>,
+    #[serde(default)]
+    pub not: Option<Box<RawCondition>>,
 }
 
 #[derive(Debug, Deserialize)]
