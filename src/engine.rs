@@ -9,10 +9,11 @@ use serde_json::{Map, Value};
 
 use crate::authz::{self, claim_at, granted_scopes};
 use crate::credentials::{self, Found};
-use crate::host::{Clock, SignatureHost};
+use crate::host::{Clock, SharedStore, SignatureHost};
 use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
 use crate::policy::{
-    Access, ApiKeySet, KeySource, Policy, PrincipalRef, Provider, TokenSource, Unmatched,
+    Access, ApiKeySet, KeyPart, KeySource, Policy, PrincipalRef, Provider, Route, TokenSource,
+    Unmatched,
 };
 use crate::problem::Denial;
 use crate::routes::{split_query, unsafe_path_reason};
@@ -30,6 +31,8 @@ pub struct RequestHead<'a> {
     /// First URI SAN and subject of the client certificate Envoy verified (mTLS), if any.
     pub peer_uri_san: Option<&'a str>,
     pub peer_subject: Option<&'a str>,
+    /// The downstream connection's address (`ip:port`), for `client_ip` limit keys.
+    pub peer_address: Option<&'a str>,
 }
 
 /// Changes to make to an allowed request before it goes upstream.
@@ -59,6 +62,15 @@ pub struct Decision {
     pub audit_denied: Vec<String>,
     /// Providers that saw an unknown `kid`: the glue asks their JWKS to be refetched.
     pub refetch: Vec<usize>,
+    /// Headers for the response of an allowed request (`RateLimit`, `RateLimit-Policy`).
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// The host services a decision may use.
+pub struct Host<'a> {
+    pub clock: &'a dyn Clock,
+    pub crypto: &'a dyn SignatureHost,
+    pub store: &'a dyn SharedStore,
 }
 
 /// Counters the glue maps to Envoy stats.
@@ -129,11 +141,10 @@ impl Engine {
     pub fn on_request_headers(
         &mut self,
         req: &RequestHead,
-        clock: &dyn Clock,
-        crypto: &dyn SignatureHost,
+        host: &Host,
         metrics: &mut dyn Metrics,
     ) -> Decision {
-        let decision = self.decide(req, clock, crypto, metrics);
+        let decision = self.decide(req, host.clock, host.crypto, host.store, metrics);
         match &decision.verdict {
             Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
             Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
@@ -146,6 +157,7 @@ impl Engine {
         req: &RequestHead,
         clock: &dyn Clock,
         crypto: &dyn SignatureHost,
+        store: &dyn SharedStore,
         metrics: &mut dyn Metrics,
     ) -> Decision {
         let policy = self.policy.clone();
@@ -156,6 +168,7 @@ impl Engine {
             rule: None,
             audit_denied: Vec::new(),
             refetch: Vec::new(),
+            response_headers: Vec::new(),
         };
         let deny = |mut d: Decision, denial: Denial| {
             d.verdict = Verdict::Deny(denial);
@@ -197,66 +210,81 @@ impl Engine {
         let route = found.route;
         decision.route = Some(route.name.clone());
 
-        let principals = match &route.access {
-            Access::Public => {
-                decision.verdict = Verdict::Allow(mutations);
-                return decision;
-            }
-            Access::Principals(ids) => ids,
-        };
-
         let now = clock.now_secs();
-        let principal = match self.authenticate(
-            &policy,
-            principals,
-            req,
-            query,
-            now,
-            crypto,
-            metrics,
-            &mut decision,
-        ) {
-            Ok(p) => p,
-            Err(AuthFailure::Denied(d)) => return deny(decision, *d),
-            Err(AuthFailure::Unavailable) => {
-                let mut d = Denial::new(
-                    503,
-                    "jwks_unavailable",
-                    "the signing keys of the token issuer are not loaded yet",
-                );
-                d.retry_after_secs = Some(JWKS_RETRY_AFTER_SECS);
-                return deny(decision, d);
-            }
+        let principal = match &route.access {
+            Access::Public => None,
+            Access::Principals(principals) => match self.authenticate(
+                &policy,
+                principals,
+                req,
+                query,
+                now,
+                crypto,
+                metrics,
+                &mut decision,
+            ) {
+                Ok(p) => Some(p),
+                Err(AuthFailure::Denied(d)) => return deny(decision, *d),
+                Err(AuthFailure::Unavailable) => {
+                    let mut d = Denial::new(
+                        503,
+                        "jwks_unavailable",
+                        "the signing keys of the token issuer are not loaded yet",
+                    );
+                    d.retry_after_secs = Some(JWKS_RETRY_AFTER_SECS);
+                    return deny(decision, d);
+                }
+            },
         };
-        let claims = principal.claims(&policy);
+        let no_claims = Map::new();
+        let claims = principal.as_ref().map_or(&no_claims, |p| p.claims(&policy));
         decision.principal = claims
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_string);
 
-        let outcome = authz::evaluate(&route.rules, claims, &found.params);
-        for rule in &outcome.audit_denied {
-            metrics.incr("apiguard.audit_denied");
-            decision.audit_denied.push(rule.clone());
-        }
-        if let Some(rule) = outcome.denied_by {
-            decision.rule = Some(rule);
-            return deny(
-                decision,
-                Denial::new(
-                    403,
-                    "rule_denied",
-                    "a rule of the route denies this request",
-                ),
-            );
-        }
-        if !route.scopes.is_empty() {
-            let granted = granted_scopes(claims, principal.scope_claims(&policy));
-            if let Err(needed) = route.scopes.check(&granted) {
-                return deny(decision, Denial::insufficient_scope(&policy.realm, &needed));
+        if let Some(principal) = &principal {
+            let outcome = authz::evaluate(&route.rules, claims, &found.params);
+            for rule in &outcome.audit_denied {
+                metrics.incr("apiguard.audit_denied");
+                decision.audit_denied.push(rule.clone());
+            }
+            if let Some(rule) = outcome.denied_by {
+                decision.rule = Some(rule);
+                return deny(
+                    decision,
+                    Denial::new(
+                        403,
+                        "rule_denied",
+                        "a rule of the route denies this request",
+                    ),
+                );
+            }
+            if !route.scopes.is_empty() {
+                let granted = granted_scopes(claims, principal.scope_claims(&policy));
+                if let Err(needed) = route.scopes.check(&granted) {
+                    return deny(decision, Denial::insufficient_scope(&policy.realm, &needed));
+                }
             }
         }
 
+        if let Err(d) = apply_limits(
+            &policy,
+            route,
+            req,
+            claims,
+            clock.now_millis(),
+            store,
+            metrics,
+            &mut decision,
+        ) {
+            return deny(decision, *d);
+        }
+
+        let Some(principal) = principal else {
+            decision.verdict = Verdict::Allow(mutations);
+            return decision;
+        };
         match principal {
             Principal::Jwt { provider, verified } => {
                 let Some(provider) = policy.providers.get(provider) else {
@@ -445,6 +473,149 @@ impl Engine {
         }
         Err(AuthFailure::Denied(Box::new(d)))
     }
+}
+
+/// Takes one token (or the route's cost) from every limit of the route; the first limit
+/// that refuses decides the 429. Allowed requests report the tightest limit.
+#[allow(clippy::too_many_arguments)]
+fn apply_limits(
+    policy: &Policy,
+    route: &Route,
+    req: &RequestHead,
+    claims: &Map<String, Value>,
+    now_ms: u64,
+    store: &dyn SharedStore,
+    metrics: &mut dyn Metrics,
+    decision: &mut Decision,
+) -> Result<(), Box<Denial>> {
+    use crate::ratelimit::{acquire, headers, key, Acquire};
+    let mut tightest: Option<(u64, String, &str)> = None;
+    for &li in &route.limits {
+        let Some(limit) = policy.limits.get(li) else {
+            continue;
+        };
+        let name = &limit.spec.name;
+        let parts: Vec<String> = limit
+            .key
+            .iter()
+            .map(|part| match part {
+                KeyPart::ClientIp { trusted_hops } => {
+                    let xff = joined_header(req.headers, "x-forwarded-for");
+                    let peer = req.peer_address.unwrap_or("");
+                    format!("ip={}", key::client_ip(xff.as_deref(), *trusted_hops, peer))
+                }
+                KeyPart::Claim(path) => format!(
+                    "claim={}",
+                    claim_at(claims, path)
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .unwrap_or_default()
+                ),
+                KeyPart::Header(h) => format!(
+                    "header={}",
+                    joined_header(req.headers, h).unwrap_or_default()
+                ),
+                KeyPart::Route => format!("route={}", route.name),
+                KeyPart::Constant(c) => format!("const={c}"),
+            })
+            .collect();
+        let bucket_key = key::compose(parts.iter());
+        let result = acquire(
+            store,
+            &limit.spec,
+            &bucket_key,
+            limit.cost(req.method),
+            now_ms,
+        );
+        for _ in 0..result.cas_retries() {
+            metrics.incr("apiguard.ratelimit.cas_retry");
+        }
+        match result {
+            Acquire::Allowed {
+                remaining,
+                reset_ms,
+                shared_slot,
+                ..
+            } => {
+                metrics.incr(&format!("apiguard.ratelimit.{name}.allowed"));
+                if shared_slot {
+                    metrics.incr(&format!("apiguard.ratelimit.{name}.shared_slot"));
+                }
+                let reset =
+                    headers::ratelimit_header(name, remaining, headers::ms_to_secs_ceil(reset_ms));
+                if tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r) {
+                    tightest = Some((remaining, reset, &limit.policy_header));
+                }
+            }
+            Acquire::Limited {
+                remaining,
+                retry_after_ms,
+                reset_ms,
+                shared_slot,
+                ..
+            } => {
+                metrics.incr(&format!("apiguard.ratelimit.{name}.limited"));
+                if shared_slot {
+                    metrics.incr(&format!("apiguard.ratelimit.{name}.shared_slot"));
+                }
+                let mut d =
+                    Denial::new(429, "rate_limited", format!("rate limit `{name}` exceeded"));
+                // A cost that can never be met still gets a finite hint: the full window.
+                let wait = retry_after_ms.unwrap_or(reset_ms.min(86_400_000));
+                d.retry_after_secs = Some(headers::retry_after_secs(wait));
+                d.headers
+                    .push((headers::POLICY_HEADER.into(), limit.policy_header.clone()));
+                d.headers.push((
+                    headers::RATELIMIT_HEADER.into(),
+                    headers::ratelimit_header(
+                        name,
+                        remaining,
+                        headers::ms_to_secs_ceil(reset_ms.min(86_400_000)),
+                    ),
+                ));
+                d.extensions.push(("limit", Value::String(name.clone())));
+                return Err(Box::new(d));
+            }
+            Acquire::StoreFailed { allowed, .. } | Acquire::TableFull { allowed, .. } => {
+                let what = if matches!(result, Acquire::StoreFailed { .. }) {
+                    "store_failure"
+                } else {
+                    "table_full"
+                };
+                metrics.incr(&format!("apiguard.ratelimit.{name}.{what}"));
+                if !allowed {
+                    let mut d = Denial::new(
+                        429,
+                        "rate_limited",
+                        format!("rate limit `{name}` could not admit the request"),
+                    );
+                    d.retry_after_secs = Some(1);
+                    d.extensions.push(("limit", Value::String(name.clone())));
+                    return Err(Box::new(d));
+                }
+            }
+        }
+    }
+    if policy.ratelimit_headers_on_allow {
+        if let Some((_, ratelimit, policy_header)) = tightest {
+            decision
+                .response_headers
+                .push((headers::POLICY_HEADER.into(), policy_header.to_string()));
+            decision
+                .response_headers
+                .push((headers::RATELIMIT_HEADER.into(), ratelimit));
+        }
+    }
+    Ok(())
+}
+
+/// All values of a header joined with `,` (how `x-forwarded-for` lists combine).
+fn joined_header(headers: &[(String, String)], name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 fn jwt_denial(policy: &Policy, e: &JwtError) -> Denial {

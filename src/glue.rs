@@ -12,7 +12,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::engine::{Decision, Engine, Metrics, RequestHead, Verdict};
+use crate::engine::{Decision, Engine, Host, Metrics, RequestHead, Verdict};
 use crate::host::{CasError, Clock, SharedStore, SignatureHost};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
 use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
@@ -298,6 +298,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             worker: self.worker.clone(),
+            response_headers: Vec::new(),
         }))
     }
 
@@ -416,6 +417,8 @@ impl Root {
 
 struct Request {
     worker: Option<Rc<Worker>>,
+    /// Added to the response of an allowed request (`RateLimit` headers).
+    response_headers: Vec<(String, String)>,
 }
 
 impl Context for Request {}
@@ -467,6 +470,14 @@ impl HttpContext for Request {
         };
         let peer_uri_san = peer_property("uri_san_peer_certificate");
         let peer_subject = peer_property("subject_peer_certificate");
+        let peer_address = if worker.engine.borrow().policy().limits.is_empty() {
+            None
+        } else {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
+        };
         let head = RequestHead {
             method: pseudo(":method"),
             path: pseudo(":path"),
@@ -474,11 +485,17 @@ impl HttpContext for Request {
             request_id,
             peer_uri_san: peer_uri_san.as_deref(),
             peer_subject: peer_subject.as_deref(),
+            peer_address: peer_address.as_deref(),
         };
         let decision = {
             let mut engine = worker.engine.borrow_mut();
             let mut metrics = worker.metrics.borrow_mut();
-            engine.on_request_headers(&head, &HostClock, &worker.crypto, &mut *metrics)
+            let host = Host {
+                clock: &HostClock,
+                crypto: &worker.crypto,
+                store: &HostStore,
+            };
+            engine.on_request_headers(&head, &host, &mut *metrics)
         };
         if !decision.refetch.is_empty() {
             let now = HostClock.now_millis();
@@ -490,10 +507,18 @@ impl HttpContext for Request {
         }
         self.apply(decision, request_id)
     }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.drain(..) {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, Some(&value));
+        }
+        Action::Continue
+    }
 }
 
 impl Request {
-    fn apply(&self, decision: Decision, request_id: Option<&str>) -> Action {
+    fn apply(&mut self, mut decision: Decision, request_id: Option<&str>) -> Action {
+        self.response_headers = std::mem::take(&mut decision.response_headers);
         // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
         let record = decision_record(&decision);
         let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));

@@ -1,7 +1,7 @@
 //! Engine tests with HS256 tokens minted by PyJWT (fixed vectors, iat 1700000000, exp +3600).
 
 use super::*;
-use crate::host::fake::FakeClock;
+use crate::host::fake::{FakeClock, FakeStore};
 use crate::host::NoHostCrypto;
 use serde_json::json;
 
@@ -73,9 +73,13 @@ fn run(
             request_id: Some("rid"),
             peer_uri_san: None,
             peer_subject: None,
+            peer_address: Some("10.0.0.1:5555"),
         },
-        &clock,
-        &NoHostCrypto,
+        &Host {
+            clock: &clock,
+            crypto: &NoHostCrypto,
+            store: &FakeStore::default(),
+        },
         &mut m,
     );
     (d, m)
@@ -340,9 +344,13 @@ fn run_peer(
             request_id: None,
             peer_uri_san: peer,
             peer_subject: None,
+            peer_address: None,
         },
-        &clock,
-        &NoHostCrypto,
+        &Host {
+            clock: &clock,
+            crypto: &NoHostCrypto,
+            store: &FakeStore::default(),
+        },
         &mut Counted::default(),
     )
 }
@@ -419,4 +427,68 @@ fn client_certificate_identities() {
         (denial(&d).status, denial(&d).reason),
         (403, "client_certificate_required")
     );
+}
+
+// ---- rate limiting ----
+
+#[test]
+fn limits_admit_capacity_then_429_with_headers() {
+    let policy = json!({
+        "ratelimit_headers_on_allow": true,
+        "limits": [{"name": "per-ip", "capacity": 2, "refill": {"tokens": 1, "period_seconds": 10},
+                    "key": [{"client_ip": {"trusted_hops": 1}}]}],
+        "routes": [{"name": "health", "match": {"path": "/healthz"}, "public": true, "limits": ["per-ip"]}]
+    });
+    let mut e = Engine::new(Rc::new(
+        Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}")),
+    ));
+    let store = FakeStore::default();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let mut go = |xff: &str| {
+        let headers = vec![("x-forwarded-for".to_string(), xff.to_string())];
+        e.on_request_headers(
+            &RequestHead {
+                method: "GET",
+                path: "/healthz",
+                headers: &headers,
+                request_id: None,
+                peer_uri_san: None,
+                peer_subject: None,
+                peer_address: Some("127.0.0.1:4000"),
+            },
+            &Host {
+                clock: &clock,
+                crypto: &NoHostCrypto,
+                store: &store,
+            },
+            &mut Counted::default(),
+        )
+    };
+    let d = go("9.9.9.9, 1.1.1.1");
+    allowed(&d);
+    assert!(
+        d.response_headers
+            .contains(&("ratelimit".into(), "\"per-ip\";r=1;t=10".into())),
+        "{:?}",
+        d.response_headers
+    );
+    assert!(d
+        .response_headers
+        .contains(&("ratelimit-policy".into(), "\"per-ip\";q=2;w=20".into())));
+    // A spoofed left-most entry does not pick another bucket: the trusted hop decides.
+    allowed(&go("6.6.6.6, 1.1.1.1"));
+    let d = go("7.7.7.7, 1.1.1.1");
+    let x = denial(&d);
+    assert_eq!(
+        (x.status, x.reason, x.retry_after_secs),
+        (429, "rate_limited", Some(10))
+    );
+    assert!(
+        x.headers
+            .contains(&("ratelimit".into(), "\"per-ip\";r=0;t=20".into())),
+        "{:?}",
+        x.headers
+    );
+    // Another client is unaffected.
+    allowed(&go("9.9.9.9, 2.2.2.2"));
 }

@@ -52,6 +52,8 @@ pub struct Policy {
     pub providers: Vec<Provider>,
     pub api_key_sets: Vec<ApiKeySet>,
     pub cert_sets: Vec<CertSet>,
+    pub limits: Vec<Limit>,
+    pub ratelimit_headers_on_allow: bool,
     pub routes: RouteTable<Route>,
     pub token_cache_size: usize,
     /// Every header apiguard itself writes; incoming copies are always removed.
@@ -129,6 +131,36 @@ pub struct Route {
     pub access: Access,
     pub scopes: ScopeRequirement,
     pub rules: Vec<Rule>,
+    /// Indexes into `Policy::limits`; every one must admit the request.
+    pub limits: Vec<usize>,
+}
+
+/// A named token-bucket limit and how its bucket key and cost are derived per request.
+pub struct Limit {
+    pub spec: crate::ratelimit::LimitSpec,
+    pub key: Vec<KeyPart>,
+    pub cost_default: u64,
+    pub cost_by_method: Vec<(String, u64)>,
+    /// Precomputed `RateLimit-Policy` item.
+    pub policy_header: String,
+}
+
+impl Limit {
+    pub fn cost(&self, method: &str) -> u64 {
+        self.cost_by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(self.cost_default, |(_, c)| *c)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    ClientIp { trusted_hops: u32 },
+    Claim(String),
+    Header(String),
+    Route,
+    Constant(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +286,23 @@ impl TryFrom<Value> for Policy {
                 subjects: rc.subjects,
             });
         }
+        let mut limits = Vec::new();
+        let mut limit_names = HashSet::new();
+        for (i, item) in raw.limits.into_iter().enumerate() {
+            let path = format!("limits[{i}]");
+            let Some(rl) = errors.parse::<RawLimit>(item, &path) else {
+                continue;
+            };
+            if !limit_names.insert(rl.name.clone()) {
+                errors.push(
+                    format!("{path}.name"),
+                    format!("duplicate limit name `{}`", rl.name),
+                );
+            }
+            if let Some(l) = compile_limit(rl, &path, &mut errors) {
+                limits.push(l);
+            }
+        }
         let principals = PrincipalNames {
             jwt: &providers,
             api_keys: &api_key_sets,
@@ -274,7 +323,9 @@ impl TryFrom<Value> for Policy {
                     format!("duplicate route name `{}`", rr.name),
                 );
             }
-            if let Some(r) = compile_route(rr, &path, &principals, &mut errors) {
+            if let Some(r) =
+                compile_route(rr, &path, &principals, (&limits, &limit_names), &mut errors)
+            {
                 routes.push(r);
             }
         }
@@ -298,6 +349,8 @@ impl TryFrom<Value> for Policy {
             providers,
             api_key_sets,
             cert_sets,
+            limits,
+            ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
             routes: RouteTable::new(routes),
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),
             owned_headers,
@@ -743,10 +796,110 @@ fn compile_condition(
     Some(Condition::Claim { path: claim, test })
 }
 
+fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit> {
+    use crate::ratelimit::{headers::policy_for, LimitSpec};
+    let start = errors.len();
+    let (refill_tokens, period_ms) = match rl.refill {
+        None => (0, 1000),
+        Some(r) => match (r.period_seconds, r.period_ms) {
+            (Some(s), None) => (r.tokens, s.saturating_mul(1000)),
+            (None, Some(ms)) => (r.tokens, ms),
+            _ => {
+                errors.push(
+                    format!("{path}.refill"),
+                    "set exactly one of `period_seconds` or `period_ms`",
+                );
+                (0, 1000)
+            }
+        },
+    };
+    let mut spec = LimitSpec::new(&rl.name, rl.capacity, refill_tokens, period_ms);
+    if let Some(b) = rl.max_buckets {
+        spec.max_buckets = b;
+    }
+    if let Some(r) = rl.max_cas_retries {
+        spec.max_cas_retries = r;
+    }
+    if let Some(m) = rl.on_store_failure {
+        spec.on_store_failure = m;
+    }
+    if let Some(m) = rl.on_table_full {
+        spec.on_table_full = m;
+    }
+    spec.compute_config_hash();
+    for (field, msg) in spec.validate() {
+        let field = if field == "period_ms" {
+            "refill"
+        } else {
+            field
+        };
+        errors.push(format!("{path}.{field}"), msg);
+    }
+    if rl.key.is_empty() {
+        errors.push(
+            format!("{path}.key"),
+            "list at least one key part (`constant: all` for one bucket for everyone)",
+        );
+    }
+    let mut key = Vec::new();
+    for (j, part) in rl.key.into_iter().enumerate() {
+        let here = format!("{path}.key[{j}]");
+        let set = [
+            part.client_ip.is_some(),
+            part.claim.is_some(),
+            part.header.is_some(),
+            part.route.is_some(),
+            part.constant.is_some(),
+        ];
+        if set.iter().filter(|b| **b).count() != 1 {
+            errors.push(
+                here,
+                "a key part is exactly one of `client_ip`, `claim`, `header`, `route`, `constant`",
+            );
+            continue;
+        }
+        if let Some(ip) = part.client_ip {
+            key.push(KeyPart::ClientIp {
+                trusted_hops: ip.trusted_hops,
+            });
+        } else if let Some(c) = part.claim {
+            key.push(KeyPart::Claim(c));
+        } else if let Some(h) = part.header {
+            if let Some(h) = check_header_name(&h, &format!("{here}.header"), errors) {
+                key.push(KeyPart::Header(h));
+            }
+        } else if part.route == Some(true) {
+            key.push(KeyPart::Route);
+        } else if let Some(c) = part.constant {
+            key.push(KeyPart::Constant(c));
+        } else {
+            errors.push(format!("{here}.route"), "must be true when present");
+        }
+    }
+    let (cost_default, cost_by_method) = match rl.cost {
+        None => (1, Vec::new()),
+        Some(c) => (
+            c.default.unwrap_or(1),
+            c.methods
+                .into_iter()
+                .map(|(m, v)| (m.to_ascii_uppercase(), v))
+                .collect(),
+        ),
+    };
+    (errors.len() == start).then(|| Limit {
+        policy_header: policy_for(&spec),
+        spec,
+        key,
+        cost_default,
+        cost_by_method,
+    })
+}
+
 fn compile_route(
     rr: RawRoute,
     path: &str,
     principals: &PrincipalNames,
+    (limits, limit_names): (&[Limit], &HashSet<String>),
     errors: &mut Errors,
 ) -> Option<CompiledRoute<Route>> {
     let start = errors.len();
@@ -859,6 +1012,17 @@ fn compile_route(
             });
         }
     }
+    let mut route_limits = Vec::new();
+    for (j, name) in rr.limits.iter().enumerate() {
+        match limits.iter().position(|l| &l.spec.name == name) {
+            Some(i) => route_limits.push(i),
+            None if limit_names.contains(name) => {}
+            None => errors.push(
+                format!("{path}.limits[{j}]"),
+                format!("no limit named `{name}`"),
+            ),
+        }
+    }
     if errors.len() > start {
         return None;
     }
@@ -870,6 +1034,7 @@ fn compile_route(
             access: access?,
             scopes,
             rules,
+            limits: route_limits,
         },
     })
 }

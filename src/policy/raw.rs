@@ -26,7 +26,75 @@ pub struct RawPolicy {
     #[serde(default)]
     pub client_certs: Vec<Value>,
     #[serde(default)]
+    pub limits: Vec<Value>,
+    /// Send `RateLimit` / `RateLimit-Policy` on allowed responses too, not only on 429.
+    #[serde(default)]
+    pub ratelimit_headers_on_allow: bool,
+    #[serde(default)]
     pub routes: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub name: String,
+    pub capacity: u64,
+    #[serde(default)]
+    pub refill: Option<RawRefill>,
+    pub key: Vec<RawKeyPart>,
+    #[serde(default)]
+    pub cost: Option<RawCost>,
+    #[serde(default)]
+    pub max_buckets: Option<u32>,
+    #[serde(default)]
+    pub max_cas_retries: Option<u32>,
+    #[serde(default)]
+    pub on_store_failure: Option<crate::ratelimit::FailureMode>,
+    #[serde(default)]
+    pub on_table_full: Option<crate::ratelimit::TableFullMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefill {
+    pub tokens: u64,
+    #[serde(default)]
+    pub period_seconds: Option<u64>,
+    #[serde(default)]
+    pub period_ms: Option<u64>,
+}
+
+/// One part of a bucket key. Exactly one field per part.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyPart {
+    #[serde(default)]
+    pub client_ip: Option<RawClientIp>,
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub route: Option<bool>,
+    #[serde(default)]
+    pub constant: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    /// Proxies in front of Envoy that append to `x-forwarded-for` (0: use the connection).
+    #[serde(default)]
+    pub trusted_hops: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    #[serde(default)]
+    pub default: Option<u64>,
+    #[serde(default)]
+    pub methods: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -127,6 +195,8 @@ pub struct RawRoute {
     pub scopes: Option<RawScopes>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub limits: Vec<String>,
 }
 
 /// A named set of API keys; routes name it in `providers` like a JWT provider.
