@@ -1,0 +1,638 @@
+//! The body rule: media type (415), size (413), then for JSON bodies UTF-8, syntax,
+//! nesting depth, duplicate keys and the JSON Schema (400).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use super::raw::RawBody;
+use super::text::{clip, is_media_type, media_type, pointer_token, MAX_ECHO_CHARS};
+use super::{
+    BodyPlan, ConfigErrors, Errors, Failure, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH,
+    MAX_MAX_BODY_BYTES, MAX_MAX_DEPTH,
+};
+
+/// Where the route's schema lives for `$ref` resolution; never fetched (`.invalid`).
+const ROOT_URL: &str = "https://apiguard.invalid/body-schema.json";
+/// The custom serde error raised for a repeated object key; recognised by its prefix.
+const DUPLICATE_KEY: &str = "duplicate object key";
+
+enum MediaTypes {
+    Any,
+    /// `application/json` and `application/*+json`.
+    Json,
+    List(Vec<String>),
+}
+
+pub(crate) struct BodyRule {
+    media_types: MediaTypes,
+    max_bytes: Option<u64>,
+    /// `Some` when the body is parsed as JSON (a schema or an explicit `max_depth`).
+    json_depth: Option<u32>,
+    required: bool,
+    schema: Option<Schema>,
+}
+
+struct Schema {
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
+}
+
+impl BodyRule {
+    pub(crate) fn compile(
+        raw: RawBody,
+        path: &str,
+        resources: &[(String, Value)],
+        errors: &mut ConfigErrors,
+    ) -> Option<BodyRule> {
+        let before = errors.len();
+        let json = raw.schema.is_some() || raw.max_depth.is_some();
+        let media_types = match raw.content_types {
+            None if json => MediaTypes::Json,
+            None => MediaTypes::Any,
+            Some(list) => {
+                if list.is_empty() {
+                    errors.push((
+                        format!("{path}.content_types"),
+                        "must list at least one media type".into(),
+                    ));
+                }
+                let mut out = Vec::new();
+                for (i, item) in list.iter().enumerate() {
+                    let m = item.trim().to_ascii_lowercase();
+                    if is_media_type(&m) {
+                        out.push(m);
+                    } else {
+                        errors.push((
+                            format!("{path}.content_types[{i}]"),
+                            "must be a media type like application/json, without parameters".into(),
+                        ));
+                    }
+                }
+                MediaTypes::List(out)
+            }
+        };
+        let max_bytes = match raw.max_bytes {
+            Some(n) if n == 0 || n > MAX_MAX_BODY_BYTES => {
+                errors.push((
+                    format!("{path}.max_bytes"),
+                    format!("must be between 1 and {MAX_MAX_BODY_BYTES}"),
+                ));
+                None
+            }
+            Some(n) => Some(n),
+            // A parsed body is buffered, so it always has a bound.
+            None if json => Some(DEFAULT_MAX_BODY_BYTES),
+            None => None,
+        };
+        let json_depth = match raw.max_depth {
+            Some(d) if d == 0 || d > MAX_MAX_DEPTH => {
+                errors.push((
+                    format!("{path}.max_depth"),
+                    format!("must be between 1 and {MAX_MAX_DEPTH}"),
+                ));
+                None
+            }
+            Some(d) => Some(d),
+            None => json.then_some(DEFAULT_MAX_DEPTH),
+        };
+        let schema = match raw.schema {
+            None => None,
+            Some(doc) => match Schema::compile(doc, resources) {
+                Ok(s) => Some(s),
+                Err(list) => {
+                    for (suffix, msg) in list {
+                        errors.push((format!("{path}.schema{suffix}"), msg));
+                    }
+                    None
+                }
+            },
+        };
+        if errors.len() > before {
+            return None;
+        }
+        Some(BodyRule {
+            media_types,
+            max_bytes,
+            json_depth,
+            required: raw.required.unwrap_or(json),
+            schema,
+        })
+    }
+
+    pub(crate) fn check_head(
+        &self,
+        content_type: Option<&str>,
+        content_length: Option<u64>,
+    ) -> Result<BodyPlan, Failure> {
+        if let (Some(n), Some(max)) = (content_length, self.max_bytes) {
+            if n > max {
+                return Err(too_large("header/content-length", max));
+            }
+        }
+        if content_length == Some(0) {
+            return if self.required {
+                Err(body_required())
+            } else {
+                Ok(BodyPlan::Skip)
+            };
+        }
+        self.check_media_type(content_type)?;
+        Ok(match (self.json_depth, self.max_bytes, content_length) {
+            (Some(_), Some(max), _) => BodyPlan::Buffer { max_bytes: max },
+            (_, Some(max), None) => BodyPlan::Limit { max_bytes: max },
+            _ => BodyPlan::Skip,
+        })
+    }
+
+    fn check_media_type(&self, content_type: Option<&str>) -> Result<(), Failure> {
+        let accepted = match (&self.media_types, content_type.map(media_type)) {
+            (MediaTypes::Any, _) => true,
+            (_, None) => false,
+            (MediaTypes::Json, Some(m)) => {
+                m == "application/json"
+                    || m.strip_prefix("application/")
+                        .is_some_and(|sub| sub.ends_with("+json"))
+            }
+            (MediaTypes::List(list), Some(m)) => list.contains(&m),
+        };
+        if accepted {
+            return Ok(());
+        }
+        let expected = match &self.media_types {
+            MediaTypes::List(list) => list.join(", "),
+            _ => "application/json, application/*+json".into(),
+        };
+        Err(Failure::one(
+            415,
+            "unsupported_media_type",
+            "header/content-type",
+            "contentType",
+            &format!("must be one of: {expected}"),
+        ))
+    }
+
+    pub(crate) fn check_size(&self, seen: u64) -> Result<(), Failure> {
+        match self.max_bytes {
+            Some(max) if seen > max => Err(too_large("", max)),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_body(&self, body: &[u8], max_errors: usize) -> Result<(), Failure> {
+        self.check_size(body.len() as u64)?;
+        if body.is_empty() {
+            return if self.required {
+                Err(body_required())
+            } else {
+                Ok(())
+            };
+        }
+        let Some(max_depth) = self.json_depth else {
+            return Ok(());
+        };
+        let value = parse_json(body, max_depth)?;
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        match schema.schemas.validate(&value, schema.index) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let mut errors = Errors::new(max_errors);
+                for found in flatten(&e, max_errors) {
+                    errors.push(found.pointer(), found.rule, found.message);
+                }
+                Err(Failure::new(400, "invalid_body", errors.into_vec()))
+            }
+        }
+    }
+}
+
+fn too_large(pointer: &str, max: u64) -> Failure {
+    Failure::one(
+        413,
+        "body_too_large",
+        pointer,
+        "maxBytes",
+        &format!("must be at most {max} bytes"),
+    )
+}
+
+fn body_required() -> Failure {
+    Failure::one(
+        400,
+        "invalid_body",
+        "",
+        "required",
+        "a request body is required",
+    )
+}
+
+/// UTF-8, nesting depth (before any parsing, in O(n) and constant stack), then a parse
+/// that refuses duplicate keys.
+pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(Failure::one(
+            400,
+            "invalid_body",
+            "",
+            "encoding",
+            "is not valid UTF-8",
+        ));
+    }
+    if exceeds_depth(body, max_depth) {
+        return Err(Failure::one(
+            400,
+            "too_deep",
+            "",
+            "maxDepth",
+            &format!("nests objects and arrays deeper than {max_depth}"),
+        ));
+    }
+    match serde_json::from_slice::<Strict>(body) {
+        Ok(Strict(v)) => Ok(v),
+        Err(e) => {
+            let msg = e.to_string();
+            let rule = if msg.starts_with(DUPLICATE_KEY) {
+                "duplicateKey"
+            } else {
+                "syntax"
+            };
+            // serde_json messages name a position, never the input text.
+            Err(Failure::one(400, "invalid_body", "", rule, &msg))
+        }
+    }
+}
+
+/// Whether arrays and objects nest deeper than `max`, brackets inside strings ignored.
+/// Multi-byte UTF-8 never contains ASCII bytes, so a byte scan is exact.
+pub(crate) fn exceeds_depth(body: &[u8], max: u32) -> bool {
+    let mut depth: u32 = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A `Value` whose objects may not repeat a key: serde_json would keep the last copy while
+/// the application behind may keep the first, so duplicates are refused.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(DUPLICATE_KEY));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Refuses every URL that was not preloaded: a filter must not fetch, and the CLI must not
+/// read local files named by a policy.
+struct NoFetch;
+
+impl boon::UrlLoader for NoFetch {
+    fn load(&self, url: &str) -> Result<Value, Box<dyn std::error::Error>> {
+        Err(format!("{url} is not available: schemas are never fetched, inline it").into())
+    }
+}
+
+impl Schema {
+    /// Compiles once, against the draft's metaschema. Errors carry a JSON path suffix
+    /// (`.properties.name.maxLength`) relative to `schema`.
+    fn compile(doc: Value, resources: &[(String, Value)]) -> Result<Schema, ConfigErrors> {
+        let mut compiler = boon::Compiler::new();
+        compiler.set_default_draft(boon::Draft::V2020_12);
+        compiler.use_loader(Box::new(NoFetch));
+        let mut schemas = boon::Schemas::new();
+        for (url, doc) in resources {
+            compiler
+                .add_resource(url, doc.clone())
+                .map_err(|e| compile_errors(&e))?;
+        }
+        compiler
+            .add_resource(ROOT_URL, doc)
+            .map_err(|e| compile_errors(&e))?;
+        let index = compiler
+            .compile(ROOT_URL, &mut schemas)
+            .map_err(|e| compile_errors(&e))?;
+        Ok(Schema { schemas, index })
+    }
+}
+
+fn compile_errors(e: &boon::CompileError) -> ConfigErrors {
+    use boon::CompileError as C;
+    match e {
+        C::ValidationError { src, .. } => flatten(src, 10)
+            .into_iter()
+            .map(|f| (f.path(), format!("invalid schema: {}", f.message)))
+            .collect(),
+        C::InvalidRegex { url, regex, src } => {
+            let msg = format!(
+                "invalid regex {}: {}",
+                clip(regex, MAX_ECHO_CHARS),
+                src.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            vec![(location_suffix(url), msg)]
+        }
+        other => vec![(
+            String::new(),
+            format!("{other:#}").replace(ROOT_URL, "schema"),
+        )],
+    }
+}
+
+/// `.properties.name.pattern` for `ROOT_URL#/properties/name/pattern`, else `""`.
+fn location_suffix(url: &str) -> String {
+    let Some(ptr) = url
+        .strip_prefix(ROOT_URL)
+        .and_then(|rest| rest.strip_prefix('#'))
+    else {
+        return String::new();
+    };
+    ptr.split('/')
+        .skip(1)
+        .map(|t| format!(".{}", t.replace("~1", "/").replace("~0", "~")))
+        .collect()
+}
+
+enum Token {
+    Prop(String),
+    Item(usize),
+}
+
+/// One leaf of boon's error tree, with its location kept structured.
+struct Found {
+    tokens: Vec<Token>,
+    rule: &'static str,
+    message: String,
+}
+
+impl Found {
+    /// JSON Pointer into the body; names clipped so an error never carries much input.
+    fn pointer(&self) -> String {
+        self.tokens
+            .iter()
+            .map(|t| match t {
+                Token::Prop(p) => format!("/{}", pointer_token(&clip(p, MAX_ECHO_CHARS))),
+                Token::Item(i) => format!("/{i}"),
+            })
+            .collect()
+    }
+
+    /// JSON path suffix into the policy (`.properties.name`, `.required[0]`).
+    fn path(&self) -> String {
+        self.tokens
+            .iter()
+            .map(|t| match t {
+                Token::Prop(p) => format!(".{p}"),
+                Token::Item(i) => format!("[{i}]"),
+            })
+            .collect()
+    }
+}
+
+/// The leaves of boon's error tree, at most `cap`. Wrappers (`$ref`, `allOf`, the root)
+/// are looked through; `anyOf`/`oneOf`/`not` are reported themselves, since their
+/// branches' errors do not say what to fix.
+fn flatten(e: &boon::ValidationError, cap: usize) -> Vec<Found> {
+    let mut out = Vec::new();
+    walk(e, cap, &mut out);
+    out
+}
+
+fn walk(e: &boon::ValidationError, cap: usize, out: &mut Vec<Found>) {
+    use boon::ErrorKind as K;
+    if out.len() >= cap {
+        return;
+    }
+    let wrapper = matches!(
+        e.kind,
+        K::Group | K::Schema { .. } | K::Reference { .. } | K::AllOf
+    );
+    if wrapper && !e.causes.is_empty() {
+        for c in &e.causes {
+            walk(c, cap, out);
+        }
+        return;
+    }
+    let base: Vec<Token> = e
+        .instance_location
+        .tokens
+        .iter()
+        .map(|t| match t {
+            boon::InstanceToken::Prop(p) => Token::Prop(p.to_string()),
+            boon::InstanceToken::Item(i) => Token::Item(*i),
+        })
+        .collect();
+    let child = |name: &str| {
+        let mut tokens: Vec<Token> = base
+            .iter()
+            .map(|t| match t {
+                Token::Prop(p) => Token::Prop(p.clone()),
+                Token::Item(i) => Token::Item(*i),
+            })
+            .collect();
+        tokens.push(Token::Prop(name.to_string()));
+        tokens
+    };
+    // Keywords that name members: one error per member, located at the member.
+    let members: Option<(&'static str, Vec<&str>, String)> = match &e.kind {
+        K::Required { want } => Some(("required", want.clone(), "is required".into())),
+        K::AdditionalProperties { got } => Some((
+            "additionalProperties",
+            got.iter().map(|g| g.as_ref()).collect(),
+            "is not allowed".into(),
+        )),
+        K::DependentRequired { prop, missing } | K::Dependency { prop, missing } => Some((
+            "dependentRequired",
+            missing.clone(),
+            format!("is required when {} is present", clip(prop, MAX_ECHO_CHARS)),
+        )),
+        _ => None,
+    };
+    if let Some((rule, names, message)) = members {
+        for name in names {
+            if out.len() >= cap {
+                return;
+            }
+            out.push(Found {
+                tokens: child(name),
+                rule,
+                message: message.clone(),
+            });
+        }
+        return;
+    }
+    let (rule, message) = describe(&e.kind);
+    out.push(Found {
+        tokens: base,
+        rule,
+        message,
+    });
+}
+
+/// The keyword and a message written from the schema's side only (no instance values).
+fn describe(kind: &boon::ErrorKind) -> (&'static str, String) {
+    use boon::ErrorKind as K;
+    let s = |x: &str| x.to_string();
+    match kind {
+        K::Group | K::Schema { .. } | K::AllOf => ("allOf", s("does not match the schema")),
+        K::Reference { kw, .. } => (kw, s("does not match the referenced schema")),
+        K::RefCycle { .. } => ("$ref", s("the schema references itself without end")),
+        K::ContentSchema => ("contentSchema", s("does not match contentSchema")),
+        K::PropertyName { .. } => (
+            "propertyNames",
+            s("has a property name that is not allowed"),
+        ),
+        K::FalseSchema => ("false", s("is not allowed")),
+        K::Type { got, want } => {
+            let want: Vec<String> = want.iter().map(|t| t.to_string()).collect();
+            ("type", format!("must be {}, not {got}", want.join(" or ")))
+        }
+        K::Enum { .. } => ("enum", s("must be one of the allowed values")),
+        K::Const { .. } => ("const", s("must be the constant the schema requires")),
+        K::Format { want, .. } => ("format", format!("must be a valid {want}")),
+        K::MinProperties { want, .. } => (
+            "minProperties",
+            format!("must have at least {want} properties"),
+        ),
+        K::MaxProperties { want, .. } => (
+            "maxProperties",
+            format!("must have at most {want} properties"),
+        ),
+        K::AdditionalProperties { .. } => (
+            "additionalProperties",
+            s("has a property that is not allowed"),
+        ),
+        K::Required { .. } => ("required", s("lacks a required property")),
+        K::Dependency { .. } | K::DependentRequired { .. } => {
+            ("dependentRequired", s("lacks a dependent property"))
+        }
+        K::MinItems { want, .. } => ("minItems", format!("must have at least {want} items")),
+        K::MaxItems { want, .. } => ("maxItems", format!("must have at most {want} items")),
+        K::Contains => ("contains", s("must contain an item matching `contains`")),
+        K::MinContains { want, .. } => (
+            "minContains",
+            format!("must contain at least {want} items matching `contains`"),
+        ),
+        K::MaxContains { want, .. } => (
+            "maxContains",
+            format!("must contain at most {want} items matching `contains`"),
+        ),
+        K::UniqueItems { got: [i, j] } => ("uniqueItems", format!("items {i} and {j} are equal")),
+        K::AdditionalItems { .. } => ("additionalItems", s("has more items than allowed")),
+        K::MinLength { want, .. } => (
+            "minLength",
+            format!("must be at least {want} characters long"),
+        ),
+        K::MaxLength { want, .. } => (
+            "maxLength",
+            format!("must be at most {want} characters long"),
+        ),
+        K::Pattern { want, .. } => (
+            "pattern",
+            format!("must match {}", clip(want, MAX_ECHO_CHARS)),
+        ),
+        K::ContentEncoding { want, .. } => ("contentEncoding", format!("must be {want}-encoded")),
+        K::ContentMediaType { want, .. } => ("contentMediaType", format!("must be {want}")),
+        K::Minimum { want, .. } => ("minimum", format!("must be >= {want}")),
+        K::Maximum { want, .. } => ("maximum", format!("must be <= {want}")),
+        K::ExclusiveMinimum { want, .. } => ("exclusiveMinimum", format!("must be > {want}")),
+        K::ExclusiveMaximum { want, .. } => ("exclusiveMaximum", format!("must be < {want}")),
+        K::MultipleOf { want, .. } => ("multipleOf", format!("must be a multiple of {want}")),
+        K::Not => ("not", s("must not match the schema in `not`")),
+        K::AnyOf => ("anyOf", s("must match at least one schema in `anyOf`")),
+        K::OneOf(None) => (
+            "oneOf",
+            s("must match exactly one schema in `oneOf`, matches none"),
+        ),
+        K::OneOf(Some((i, j))) => (
+            "oneOf",
+            format!("must match exactly one schema in `oneOf`, matches {i} and {j}"),
+        ),
+    }
+}
