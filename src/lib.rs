@@ -17,3 +17,4 @@ pub mod routes;
 #[cfg(target_arch = "wasm32")]
 mod glue;
 pub mod ratelimit;
+pub mod validate;
