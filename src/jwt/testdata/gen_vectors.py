@@ -33,6 +33,9 @@ def spki(pub):
 
 rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 rsa_1024 = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+# Odd sizes exercise PSS's emLen < k case (modBits = 8k - 7) and a short top limb.
+rsa_2049 = rsa.generate_private_key(public_exponent=65537, key_size=2049)
+rsa_3072 = rsa.generate_private_key(public_exponent=3, key_size=3072)
 p256_key = ec.generate_private_key(ec.SECP256R1())
 p384_key = ec.generate_private_key(ec.SECP384R1())
 ed_key = ed25519.Ed25519PrivateKey.generate()
@@ -87,6 +90,14 @@ for alg, (key, kid) in signers.items():
     out.append(f"    ({json.dumps(alg)}, {json.dumps(tok)}),")
 out.append("];")
 
+other_rsa = {"keys": [dict(rsa_jwk(rsa_2049), kid="rsa2049"), dict(rsa_jwk(rsa_3072), kid="rsa3072")]}
+const("OTHER_RSA_JWKS", json.dumps(other_rsa))
+out.append("/// (alg, token) signed with the 2049-bit and the 3072-bit (e = 3) keys of OTHER_RSA_JWKS.")
+other = [(a, k, kid) for a in ["RS256", "PS256", "PS384", "PS512", "RS512"] for (k, kid) in [(rsa_2049, "rsa2049"), (rsa_3072, "rsa3072")]]
+out.append(f"pub const OTHER_RSA: [(&str, &str); {len(other)}] = [")
+for alg, key, kid in other:
+    out.append(f"    ({json.dumps(alg)}, {json.dumps(jwt.encode(claims, key, algorithm=alg, headers={'kid': kid}))}),")
+out.append("];")
 const("RS256_NO_KID", jwt.encode(claims, rsa_key, algorithm="RS256"))
 const("ES384_NO_KID", jwt.encode(claims, p384_key, algorithm="ES384"))
 es_tok = jwt.encode(claims, p256_key, algorithm="ES256", headers={"kid": "p256"})
