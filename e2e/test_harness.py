@@ -47,6 +47,13 @@ def test_plain_envoy_proxies_to_echo(envoy_factory, echo):
     assert "starting main dispatch loop" in e.log_text()
 
 
+def test_echo_reports_raw_target(envoy_factory):
+    e = envoy_factory.make(None, with_wasm=False, normalize_path=False, merge_slashes=False,
+                           escaped_slashes_action="KEEP_UNCHANGED")
+    for target in ("//a/../b", "/a%2Fb", "/a\\b", "/%61?x=../y"):
+        assert echoed(e.get(target))["path"] == target
+
+
 def test_envoy_start_failure_is_reported_not_hung(envoy_factory):
     e = envoy_factory.make(None, with_wasm=False, start=False,
                            extra_hcm={"no_such_field_for_the_test": 1})
