@@ -44,6 +44,22 @@ def _require_wasm() -> str:
     return str(p)
 
 
+_SNAPSHOT: dict[str, str] = {}
+
+
+def _wasm_snapshot(tmp_path_factory) -> str:
+    """The module as it was when the session first needed it, copied aside: a rebuild
+    during the run (cargo replaces the file) cannot break or mix later Envoy starts."""
+    if "path" not in _SNAPSHOT:
+        import shutil
+
+        src = _require_wasm()
+        dst = tmp_path_factory.mktemp("wasm") / "apiguard.wasm"
+        shutil.copyfile(src, dst)
+        _SNAPSHOT["path"] = str(dst)
+    return _SNAPSHOT["path"]
+
+
 def _require_envoy() -> str:
     p = envoy_path()
     if not p.exists():
@@ -94,7 +110,7 @@ class EnvoyFactory:
             pytest.skip("APIGUARD_E2E_TARGET: this test needs its own Envoy and policy")
         _require_envoy()
         if kw.get("with_wasm", True):
-            _require_wasm()
+            kw.setdefault("wasm", _wasm_snapshot(self.tmp))
         kw.setdefault("upstream_port", self.echo.port)
         e = Envoy(policy, workdir=self.tmp.mktemp("envoy"), **kw)
         self.started.append(e)

@@ -79,7 +79,7 @@ def status_of(envoy, tok) -> int:
     return envoy.get("/api/x", bearer(tok)).status
 
 
-def wait_status(envoy, tok, status, timeout=8.0) -> int:
+def wait_status(envoy, tok, status, timeout=15.0) -> int:
     got = wait_until(lambda: status_of(envoy, tok) == status, timeout=timeout, interval=0.1)
     return status if got else status_of(envoy, tok)
 
@@ -120,7 +120,7 @@ def test_idp_never_up_gives_503_with_retry_after(idp, start, ka):
     # the IdP comes up: keys load on the next retry
     idp.serve(tokens.jwks(ka))
     idp.start()
-    assert wait_status(envoy, tok, 200, timeout=10) == 200
+    assert wait_status(envoy, tok, 200, timeout=15) == 200
     assert envoy.stat("apiguard.denied.jwks_unavailable") >= 2
 
 
@@ -134,11 +134,11 @@ def test_bad_first_documents_give_503(idp, start, ka):
     for mode in ("fail", "garbage", "empty"):
         getattr(idp, mode)()
         n = envoy.stat(failure)
-        assert envoy.wait_stat(failure, n + 1, timeout=8) >= n + 1, f"{mode}: no failure counted"
+        assert envoy.wait_stat(failure, n + 1, timeout=15) >= n + 1, f"{mode}: no failure counted"
         unavailable(envoy.get("/api/x", bearer(tok)))
     assert envoy.stat(f"apiguard.jwks.{PROVIDER}.fetch_success") == 0
     idp.serve(tokens.jwks(ka))
-    assert wait_status(envoy, tok, 200, timeout=10) == 200
+    assert wait_status(envoy, tok, 200, timeout=15) == 200
 
 
 # --- rotation ---------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_rotation_new_kid_triggers_early_refetch(idp, start, ka, kb, kc):
     assert first.status in (200, 401), first
     if first.status == 401:
         assert first.json()["reason"] == "unknown_kid", first
-    assert wait_status(envoy, tb, 200, timeout=8) == 200
+    assert wait_status(envoy, tb, 200, timeout=15) == 200
     assert idp.count() > fetched
     # The old key is still published: still valid.
     echoed(envoy.get("/api/x", bearer(ta)))
@@ -174,7 +174,7 @@ def test_rotation_new_kid_triggers_early_refetch(idp, start, ka, kb, kc):
         r = envoy.get("/api/x", bearer(ta))
         return r.status == 401 and r.json().get("reason") == "unknown_kid"
 
-    assert wait_until(a_gone, timeout=8), "key A still accepted after it was removed and a refetch"
+    assert wait_until(a_gone, timeout=15), "key A still accepted after it was removed and a refetch"
     echoed(envoy.get("/api/x", bearer(tb)))
 
 
@@ -204,7 +204,7 @@ def test_last_good_keys_kept_through_failures(idp, start, ka):
     def through(mode: str, switch):
         n = envoy.stat(failure)
         switch()
-        got = envoy.wait_stat(failure, n + 1, timeout=8)
+        got = envoy.wait_stat(failure, n + 1, timeout=15)
         assert got >= n + 1, f"{mode}: no failed fetch counted"
         resp = envoy.get("/api/x", bearer(tok))
         assert resp.status == 200, f"{mode}: last good keys lost: {resp}"
@@ -218,7 +218,7 @@ def test_last_good_keys_kept_through_failures(idp, start, ka):
     n = envoy.stat(success)
     idp.serve()
     idp.start()
-    assert envoy.wait_stat(success, n + 1, timeout=8) >= n + 1
+    assert envoy.wait_stat(success, n + 1, timeout=15) >= n + 1
     echoed(envoy.get("/api/x", bearer(tok)))
 
 

@@ -105,7 +105,7 @@ class _StatsMixin:
             return default
         return sum(hits)
 
-    def wait_stat(self, name: str, at_least: int, timeout: float = 10.0) -> int:
+    def wait_stat(self, name: str, at_least: int, timeout: float = 15.0) -> int:
         deadline = time.monotonic() + timeout
         v = self.stat(name)
         while v < at_least and time.monotonic() < deadline:
@@ -261,7 +261,7 @@ class Envoy(_StatsMixin):
         }
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> "Envoy":
+    def start(self, timeout: float = 60.0) -> "Envoy":
         """Starts Envoy and waits until it is LIVE and its listener accepts.
 
         Raises EnvoyStartError (with the log) when Envoy exits or is not ready in time;
