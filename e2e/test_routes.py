@@ -54,18 +54,28 @@ RAW = dict(normalize_path=False, merge_slashes=False, escaped_slashes_action="KE
 
 
 @pytest.fixture(scope="module")
-def envoy(module_envoy_factory, keys):
-    return module_envoy_factory.make(routes_policy(keys))
+def envoys(module_envoy_factory, keys):
+    normal, raw, allow = module_envoy_factory.make_many([
+        (routes_policy(keys), {}),
+        (routes_policy(keys), RAW),
+        (routes_policy(keys, unmatched="allow"), RAW),
+    ])
+    return {"normal": normal, "raw": raw, "allow": allow}
 
 
 @pytest.fixture(scope="module")
-def envoy_raw(module_envoy_factory, keys):
-    return module_envoy_factory.make(routes_policy(keys), **RAW)
+def envoy(envoys):
+    return envoys["normal"]
 
 
 @pytest.fixture(scope="module")
-def envoy_allow(module_envoy_factory, keys):
-    return module_envoy_factory.make(routes_policy(keys, unmatched="allow"), **RAW)
+def envoy_raw(envoys):
+    return envoys["raw"]
+
+
+@pytest.fixture(scope="module")
+def envoy_allow(envoys):
+    return envoys["allow"]
 
 
 @pytest.fixture(scope="module")

@@ -266,15 +266,11 @@ class Envoy(_StatsMixin):
 
         Raises EnvoyStartError (with the log) when Envoy exits or is not ready in time;
         `returncode` then holds the exit status (None if it was still running)."""
-        if not self.envoy_bin.exists():
-            raise FileNotFoundError(
-                f"envoy binary not found at {self.envoy_bin} (set APIGUARD_ENVOY or run make deps)")
-        if self.with_wasm and not self.wasm.exists():
-            raise FileNotFoundError(
-                f"apiguard.wasm not found at {self.wasm} (set APIGUARD_WASM or "
-                "cargo build --target wasm32-wasip1 --release --lib)")
         self.launch()
-        self.returncode = None
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> "Envoy":
+        """Waits for a launched Envoy to be LIVE with an accepting listener (see start)."""
         try:
             self._wait_ready(timeout)
         except Exception:
@@ -319,7 +315,14 @@ class Envoy(_StatsMixin):
         return self.returncode
 
     def launch(self) -> "Envoy":
-        """Starts the process without waiting for readiness (see wait_exit/_wait_ready)."""
+        """Starts the process without waiting (then wait_ready() or wait_exit())."""
+        if not self.envoy_bin.exists():
+            raise FileNotFoundError(
+                f"envoy binary not found at {self.envoy_bin} (set APIGUARD_ENVOY or run make deps)")
+        if self.with_wasm and not self.wasm.exists():
+            raise FileNotFoundError(
+                f"apiguard.wasm not found at {self.wasm} (set APIGUARD_WASM or "
+                "cargo build --target wasm32-wasip1 --release --lib)")
         for p in (self.admin_path, self.log_path):
             if p.exists():
                 p.unlink()
