@@ -873,3 +873,68 @@ fn cost_of_validating_a_1kb_body() {
     );
     assert!(per.as_millis() < 5);
 }
+
+// ---- robustness ---------------------------------------------------------------------
+
+#[test]
+fn the_deepest_body_validates_against_a_recursive_schema_on_a_small_stack() {
+    // Debug frames are several times the wasm release ones (depth 64 here needs ~2.3 MiB
+    // in debug, under 256 KiB in wasm): this proves the recursion is bounded, not the size.
+    let v = compile(json!({"body": {"max_depth": MAX_MAX_DEPTH, "schema": {
+        "anyOf": [
+            {"type": "array", "items": {"$ref": "#"}},
+            {"type": "object", "additionalProperties": {"$ref": "#"}},
+            {"type": "integer"},
+        ]
+    }}}));
+    let max = MAX_MAX_DEPTH as usize;
+    let arrays = format!("{}1{}", "[".repeat(max), "]".repeat(max));
+    let objects = format!("{}1{}", r#"{"a":"#.repeat(max), "}".repeat(max));
+    let bad = format!("{}\"x\"{}", "[".repeat(max), "]".repeat(max));
+    std::thread::Builder::new()
+        .stack_size(4 << 20)
+        .spawn(move || {
+            v.check_body(arrays.as_bytes()).unwrap();
+            v.check_body(objects.as_bytes()).unwrap();
+            assert_eq!(
+                v.check_body(bad.as_bytes()).unwrap_err().reason,
+                "invalid_body"
+            );
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+mod no_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route() -> RouteValidation {
+        compile(json!({
+            "headers": {"x-a": {"type": "uuid"}, "x-n": {"type": "number", "maximum": 5}},
+            "query": {"i": {"type": "integer", "minimum": -3, "maximum": 3}, "s": {"pattern": "^a", "max_length": 4}, "e": {"enum": [1, "b", true]}},
+            "reject_unknown_query": true,
+            "path": {"id": {"type": "integer"}},
+            "body": {"max_depth": 8, "schema": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}, "patternProperties": {"^p": {"minLength": 2}}}},
+        }))
+    }
+
+    proptest! {
+        #[test]
+        fn check_head_never_panics(q in ".{0,40}", id in ".{0,10}", a in ".{0,40}", n in "[-+.e0-9a-z]{0,10}", ct in proptest::option::of(".{0,30}"), len in proptest::option::of(0u64..2_000_000)) {
+            let v = route();
+            let _ = v.check_head(&h(&[("x-a", &a), ("x-n", &n)]), &q, &h(&[("id", &id)]), ct.as_deref(), len);
+        }
+
+        #[test]
+        fn check_body_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = route().check_body(&body);
+        }
+
+        #[test]
+        fn check_body_never_panics_on_near_json(body in r#"[\[\]{}",:0-9a-z\\ .eE+-]{0,120}"#) {
+            let _ = route().check_body(body.as_bytes());
+        }
+    }
+}
