@@ -55,6 +55,7 @@ run: deps $(WASM) $(CLI)
 
 # --- tests ----------------------------------------------------------------------------
 unit:
+	scripts/fetch-json-schema-suite.sh
 	cargo test --all-targets
 
 e2e: deps $(WASM) $(CLI)
