@@ -3,7 +3,6 @@
 //! its SubjectPublicKeyInfo DER.
 
 use super::alg::{Alg, Family};
-use super::rsa_pub::RsaPublic;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
@@ -35,7 +34,7 @@ pub struct Key {
 #[derive(Clone)]
 pub(crate) enum Material {
     Rsa {
-        key: RsaPublic,
+        key: rsa::RsaPublicKey,
         spki: Vec<u8>,
     },
     P256 {
@@ -266,7 +265,18 @@ fn rsa_key(jwk: &Map<String, Value>) -> Result<Material, String> {
             "RSA modulus is {bits} bits; at most {MAX_RSA_BITS} supported"
         ));
     }
-    let key = RsaPublic::new(n, e).map_err(str::to_string)?;
+    if n.last().is_some_and(|b| b & 1 == 0) {
+        return Err("RSA modulus is even".to_string());
+    }
+    if e.len() > 4 || bit_len(e) < 2 || e.last().is_some_and(|b| b & 1 == 0) {
+        return Err("RSA public exponent must be odd, at least 3 and at most 32 bits".to_string());
+    }
+    let key = rsa::RsaPublicKey::new_with_max_size(
+        rsa::BigUint::from_bytes_be(n),
+        rsa::BigUint::from_bytes_be(e),
+        MAX_RSA_BITS,
+    )
+    .map_err(|err| format!("invalid RSA key: {err}"))?;
     Ok(Material::Rsa {
         key,
         spki: rsa_spki(n, e),

@@ -13,7 +13,6 @@ mod cache;
 mod jwk;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
-mod rsa_pub;
 mod verify;
 
 pub use alg::Alg;

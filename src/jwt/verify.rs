@@ -8,7 +8,7 @@ use crate::host::SignatureHost;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
-use sha2::{Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Header members that point at keys outside the configured JWKS. Never honoured: a token
 /// carrying one is rejected.
@@ -281,15 +281,36 @@ pub(crate) fn signature_ok(
 ) -> bool {
     match (&key.material, alg.family()) {
         (Material::Rsa { key, spki }, Family::RsaPkcs1) => {
-            if sig.len() != key.size() {
+            if sig.len() != rsa::traits::PublicKeyParts::size(key) {
                 return false;
             }
             if let Some(ok) = host.verify_signature(alg.host_hash(), spki, sig, input) {
                 return ok;
             }
-            key.verify_pkcs1v15(alg.hash_len(), input, sig)
+            let (scheme, digest) = match alg {
+                Alg::RS384 => (
+                    rsa::Pkcs1v15Sign::new::<Sha384>(),
+                    Sha384::digest(input).to_vec(),
+                ),
+                Alg::RS512 => (
+                    rsa::Pkcs1v15Sign::new::<Sha512>(),
+                    Sha512::digest(input).to_vec(),
+                ),
+                _ => (
+                    rsa::Pkcs1v15Sign::new::<Sha256>(),
+                    Sha256::digest(input).to_vec(),
+                ),
+            };
+            key.verify(scheme, &digest, sig).is_ok()
         }
-        (Material::Rsa { key, .. }, Family::RsaPss) => key.verify_pss(alg.hash_len(), input, sig),
+        (Material::Rsa { key, .. }, Family::RsaPss) => {
+            let (scheme, digest) = match alg {
+                Alg::PS384 => (rsa::Pss::new::<Sha384>(), Sha384::digest(input).to_vec()),
+                Alg::PS512 => (rsa::Pss::new::<Sha512>(), Sha512::digest(input).to_vec()),
+                _ => (rsa::Pss::new::<Sha256>(), Sha256::digest(input).to_vec()),
+            };
+            key.verify(scheme, &digest, sig).is_ok()
+        }
         (Material::P256 { key, spki }, Family::EcP256) => {
             use p256::ecdsa::signature::Verifier;
             let Ok(s) = p256::ecdsa::Signature::from_slice(sig) else {
