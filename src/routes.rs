@@ -158,7 +158,33 @@ pub fn unsafe_path_reason(path: &str) -> Option<&'static str> {
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return Some("dot segment in path");
     }
+    // What Envoy's `merge_slashes` and `normalize_path` would have removed: when they
+    // still reach the filter, the listener runs without them and an upstream may read
+    // `//admin`, `/%61dmin` or `/admin;x=1` as `/admin`. Refuse rather than guess.
+    if path.contains("//") {
+        return Some("empty segment in path");
+    }
+    if path.contains(';') {
+        return Some("path parameter (;) in path");
+    }
+    if encodes_unreserved(path) {
+        return Some("percent-encoded unreserved character in path");
+    }
     None
+}
+
+/// `%XX` that decodes to an RFC 3986 unreserved character (letters, digits, `-._~`).
+fn encodes_unreserved(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| match w {
+        [b'%', h, l] => {
+            let hex = [*h, *l];
+            std::str::from_utf8(&hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c))
+        }
+        _ => false,
+    })
 }
 
 /// Splits `:path` into the path and the query string (without `?`).
@@ -346,13 +372,18 @@ mod tests {
             "/a%5cb",
             "/a%00",
             "/a%252e",
+            "//admin",
+            "/admin;x=1",
+            "/public/..;/admin",
+            "/%61dmin",
+            "/a%7e",
             "..",
             "",
             "admin",
         ] {
             assert!(unsafe_path_reason(p).is_some(), "{p}");
         }
-        for p in ["/", "/a/b", "/a..b/c", "/a.b", "/items/%41"] {
+        for p in ["/", "/a/b", "/a..b/c", "/a.b", "/items/", "/items/%20x", "/caf%C3%A9"] {
             assert!(unsafe_path_reason(p).is_none(), "{p}");
         }
     }
