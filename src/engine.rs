@@ -17,6 +17,7 @@ use crate::policy::{
 };
 use crate::problem::Denial;
 use crate::routes::{split_query, unsafe_path_reason};
+use crate::validate::{BodyPlan, Failure};
 
 /// Seconds a client is told to wait while a provider's keys are loading.
 pub const JWKS_RETRY_AFTER_SECS: u64 = 5;
@@ -33,6 +34,8 @@ pub struct RequestHead<'a> {
     pub peer_subject: Option<&'a str>,
     /// The downstream connection's address (`ip:port`), for `client_ip` limit keys.
     pub peer_address: Option<&'a str>,
+    /// The headers ended the stream: there is no body.
+    pub end_of_stream: bool,
 }
 
 /// Changes to make to an allowed request before it goes upstream.
@@ -64,6 +67,15 @@ pub struct Decision {
     pub refetch: Vec<usize>,
     /// Headers for the response of an allowed request (`RateLimit`, `RateLimit-Policy`).
     pub response_headers: Vec<(String, String)>,
+    /// Set when the body still has to be checked before the request may go upstream.
+    pub body: Option<BodyCheck>,
+}
+
+/// A pending body check: which route's rules, and whether to buffer or only count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyCheck {
+    pub route: usize,
+    pub plan: BodyPlan,
 }
 
 /// The host services a decision may use.
@@ -138,6 +150,62 @@ impl Engine {
         }
     }
 
+    /// Checks the body size seen so far (`Limit` and `Buffer` plans), before the end.
+    pub fn on_body_progress(
+        &self,
+        check: &BodyCheck,
+        seen: u64,
+        metrics: &mut dyn Metrics,
+    ) -> Result<(), Box<Denial>> {
+        let Some(v) = self
+            .policy
+            .routes
+            .get(check.route)
+            .and_then(|r| r.validation.as_ref())
+        else {
+            return Ok(());
+        };
+        v.check_body_size(seen).map_err(|f| {
+            let d = validation_denial(&f);
+            metrics.incr(&format!("apiguard.denied.{}", d.reason));
+            Box::new(d)
+        })
+    }
+
+    /// Finishes a pending body check: the whole body for `Buffer`, its final size for `Limit`.
+    pub fn on_body_end(
+        &self,
+        check: &BodyCheck,
+        body: &[u8],
+        seen: u64,
+        metrics: &mut dyn Metrics,
+    ) -> Result<(), Box<Denial>> {
+        let Some(v) = self
+            .policy
+            .routes
+            .get(check.route)
+            .and_then(|r| r.validation.as_ref())
+        else {
+            metrics.incr("apiguard.allowed");
+            return Ok(());
+        };
+        let result = match check.plan {
+            BodyPlan::Buffer { .. } => v.check_body(body),
+            _ => v.check_body_size(seen),
+        };
+        match result {
+            Ok(()) => {
+                metrics.incr("apiguard.allowed");
+                Ok(())
+            }
+            Err(f) => {
+                let d = validation_denial(&f);
+                metrics.incr(&format!("apiguard.denied.{}", d.reason));
+                Err(Box::new(d))
+            }
+        }
+    }
+
     pub fn on_request_headers(
         &mut self,
         req: &RequestHead,
@@ -146,6 +214,8 @@ impl Engine {
     ) -> Decision {
         let decision = self.decide(req, host.clock, host.crypto, host.store, metrics);
         match &decision.verdict {
+            // A request whose body is still to be checked is counted when that is done.
+            Verdict::Allow(_) if decision.body.is_some() => {}
             Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
             Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
         }
@@ -169,6 +239,7 @@ impl Engine {
             audit_denied: Vec::new(),
             refetch: Vec::new(),
             response_headers: Vec::new(),
+            body: None,
         };
         let deny = |mut d: Decision, denial: Denial| {
             d.verdict = Verdict::Deny(denial);
@@ -178,6 +249,11 @@ impl Engine {
         let (path, query) = split_query(req.path);
         if let Some(why) = unsafe_path_reason(path) {
             return deny(decision, Denial::new(400, "ambiguous_path", why));
+        }
+        if let Some(limits) = &policy.request_limits {
+            if let Err(f) = limits.check(req.path, req.headers) {
+                return deny(decision, validation_denial(&f));
+            }
         }
 
         // Headers apiguard writes are never taken from the client, on any route.
@@ -264,6 +340,32 @@ impl Engine {
                 let granted = granted_scopes(claims, principal.scope_claims(&policy));
                 if let Err(needed) = route.scopes.check(&granted) {
                     return deny(decision, Denial::insufficient_scope(&policy.realm, &needed));
+                }
+            }
+        }
+
+        if let Some(validation) = &route.validation {
+            let content_type = joined_header(req.headers, "content-type");
+            let content_length = if req.end_of_stream {
+                Some(0)
+            } else {
+                joined_header(req.headers, "content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            match validation.check_head(
+                req.headers,
+                query,
+                &found.params,
+                content_type.as_deref(),
+                content_length,
+            ) {
+                Err(f) => return deny(decision, validation_denial(&f)),
+                Ok(BodyPlan::Skip) => {}
+                Ok(plan) => {
+                    decision.body = Some(BodyCheck {
+                        route: found.index,
+                        plan,
+                    })
                 }
             }
         }
@@ -616,6 +718,14 @@ fn joined_header(headers: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.as_str())
         .collect();
     (!values.is_empty()).then(|| values.join(","))
+}
+
+fn validation_denial(f: &Failure) -> Denial {
+    let mut d = Denial::new(f.status, f.reason, f.detail());
+    if !f.errors.is_empty() {
+        d.extensions.push(("errors", f.errors_json()));
+    }
+    d
 }
 
 fn jwt_denial(policy: &Policy, e: &JwtError) -> Denial {

@@ -10,14 +10,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{
+    Action, BufferType, Bytes, ContextType, LogLevel, MapType, MetricType, Status,
+};
 
-use crate::engine::{Decision, Engine, Host, Metrics, RequestHead, Verdict};
+use crate::engine::{BodyCheck, Decision, Engine, Host, Metrics, RequestHead, Verdict};
 use crate::host::{CasError, Clock, SharedStore, SignatureHost};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
 use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
 use crate::jwt::Jwks;
 use crate::policy::{KeySource, Policy};
+use crate::problem::Denial;
+use crate::validate::BodyPlan;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const GIT_REVISION: &str = match option_env!("APIGUARD_GIT_REVISION") {
@@ -298,6 +302,10 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             worker: self.worker.clone(),
+            body: None,
+            streamed: 0,
+            route: None,
+            request_id: None,
             response_headers: Vec::new(),
         }))
     }
@@ -417,6 +425,12 @@ impl Root {
 
 struct Request {
     worker: Option<Rc<Worker>>,
+    /// A body check still to do, and the body bytes already let through (`Limit` plan).
+    body: Option<BodyCheck>,
+    streamed: u64,
+    /// Kept for a denial from the body phase.
+    route: Option<String>,
+    request_id: Option<String>,
     /// Added to the response of an allowed request (`RateLimit` headers).
     response_headers: Vec<(String, String)>,
 }
@@ -424,7 +438,7 @@ struct Request {
 impl Context for Request {}
 
 impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             // No valid policy: fail closed.
             let _ = hostcalls::send_http_response(
@@ -486,6 +500,7 @@ impl HttpContext for Request {
             peer_uri_san: peer_uri_san.as_deref(),
             peer_subject: peer_subject.as_deref(),
             peer_address: peer_address.as_deref(),
+            end_of_stream,
         };
         let decision = {
             let mut engine = worker.engine.borrow_mut();
@@ -508,6 +523,50 @@ impl HttpContext for Request {
         self.apply(decision, request_id)
     }
 
+    /// Validation of the body: `Buffer` pauses (Envoy buffers) until the end of the
+    /// stream, then checks it whole; `Limit` lets chunks through and only counts them.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(check), Some(worker)) = (self.body, self.worker.clone()) else {
+            return Action::Continue;
+        };
+        let buffering = matches!(check.plan, BodyPlan::Buffer { .. });
+        // While paused, `body_size` is everything buffered so far; after a Continue it is
+        // only the new chunk.
+        let seen = if buffering {
+            body_size as u64
+        } else {
+            self.streamed.saturating_add(body_size as u64)
+        };
+        let engine = worker.engine.borrow();
+        let mut metrics = worker.metrics.borrow_mut();
+        if !end_of_stream {
+            if let Err(d) = engine.on_body_progress(&check, seen, &mut *metrics) {
+                drop((engine, metrics));
+                return self.reject(*d);
+            }
+            if buffering {
+                return Action::Pause;
+            }
+            self.streamed = seen;
+            return Action::Continue;
+        }
+        let bytes = if buffering {
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let result = engine.on_body_end(&check, &bytes, seen, &mut *metrics);
+        drop((engine, metrics));
+        self.body = None;
+        match result {
+            Ok(()) => Action::Continue,
+            Err(d) => self.reject(*d),
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for (name, value) in self.response_headers.drain(..) {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, Some(&value));
@@ -517,8 +576,23 @@ impl HttpContext for Request {
 }
 
 impl Request {
+    /// Refuses the request from the body phase.
+    fn reject(&mut self, denial: Denial) -> Action {
+        self.body = None;
+        self.response_headers.clear();
+        let (route, request_id) = (self.route.clone(), self.request_id.clone());
+        log_denial(&denial, route.as_deref(), None, None, request_id.as_deref());
+        send_denial(&denial, request_id.as_deref());
+        Action::Pause
+    }
+
     fn apply(&mut self, mut decision: Decision, request_id: Option<&str>) -> Action {
         self.response_headers = std::mem::take(&mut decision.response_headers);
+        self.body = decision.body;
+        if self.body.is_some() {
+            self.route = decision.route.clone();
+            self.request_id = request_id.map(str::to_string);
+        }
         // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
         let record = decision_record(&decision);
         let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
@@ -538,33 +612,54 @@ impl Request {
                 Action::Continue
             }
             Verdict::Deny(denial) => {
-                log(
-                    LogLevel::Info,
-                    &serde_json::json!({
-                        "apiguard": "deny",
-                        "status": denial.status,
-                        "reason": denial.reason,
-                        "route": decision.route,
-                        "rule": decision.rule,
-                        "principal": decision.principal,
-                        "request_id": request_id,
-                    })
-                    .to_string(),
+                log_denial(
+                    &denial,
+                    decision.route.as_deref(),
+                    decision.rule.as_deref(),
+                    decision.principal.as_deref(),
+                    request_id,
                 );
-                let headers = denial.response_headers();
-                let body = denial.body(request_id);
-                let _ = hostcalls::send_http_response(
-                    u32::from(denial.status),
-                    headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect(),
-                    Some(body.as_bytes()),
-                );
+                send_denial(&denial, request_id);
                 Action::Pause
             }
         }
     }
+}
+
+/// One structured line per denied request: never the credential.
+fn log_denial(
+    denial: &Denial,
+    route: Option<&str>,
+    rule: Option<&str>,
+    principal: Option<&str>,
+    request_id: Option<&str>,
+) {
+    log(
+        LogLevel::Info,
+        &serde_json::json!({
+            "apiguard": "deny",
+            "status": denial.status,
+            "reason": denial.reason,
+            "route": route,
+            "rule": rule,
+            "principal": principal,
+            "request_id": request_id,
+        })
+        .to_string(),
+    );
+}
+
+fn send_denial(denial: &Denial, request_id: Option<&str>) {
+    let headers = denial.response_headers();
+    let body = denial.body(request_id);
+    let _ = hostcalls::send_http_response(
+        u32::from(denial.status),
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        Some(body.as_bytes()),
+    );
 }
 
 /// `decision=allow|deny|audit-deny route=.. rule=.. reason=.. principal=..` (`-` when empty).

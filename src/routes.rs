@@ -383,7 +383,15 @@ mod tests {
         ] {
             assert!(unsafe_path_reason(p).is_some(), "{p}");
         }
-        for p in ["/", "/a/b", "/a..b/c", "/a.b", "/items/", "/items/%20x", "/caf%C3%A9"] {
+        for p in [
+            "/",
+            "/a/b",
+            "/a..b/c",
+            "/a.b",
+            "/items/",
+            "/items/%20x",
+            "/caf%C3%A9",
+        ] {
             assert!(unsafe_path_reason(p).is_none(), "{p}");
         }
     }

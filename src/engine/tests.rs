@@ -74,6 +74,7 @@ fn run(
             peer_uri_san: None,
             peer_subject: None,
             peer_address: Some("10.0.0.1:5555"),
+            end_of_stream: true,
         },
         &Host {
             clock: &clock,
@@ -345,6 +346,7 @@ fn run_peer(
             peer_uri_san: peer,
             peer_subject: None,
             peer_address: None,
+            end_of_stream: true,
         },
         &Host {
             clock: &clock,
@@ -455,6 +457,7 @@ fn limits_admit_capacity_then_429_with_headers() {
                 peer_uri_san: None,
                 peer_subject: None,
                 peer_address: Some("127.0.0.1:4000"),
+                end_of_stream: true,
             },
             &Host {
                 clock: &clock,
@@ -491,4 +494,64 @@ fn limits_admit_capacity_then_429_with_headers() {
     );
     // Another client is unaffected.
     allowed(&go("9.9.9.9, 2.2.2.2"));
+}
+
+// ---- validation ----
+
+#[test]
+fn validation_head_and_body_plan() {
+    let policy = json!({
+        "request_limits": {"max_url_bytes": 64},
+        "routes": [{"name": "create", "match": {"path": "/items", "methods": ["GET", "POST"]}, "public": true,
+            "validate": {
+                "query": {"limit": {"type": "integer", "minimum": 1, "maximum": 100}},
+                "body": {"max_bytes": 1024, "schema": {"type": "object", "additionalProperties": false,
+                         "properties": {"name": {"type": "string"}}}}}}]
+    });
+    let e = Engine::new(Rc::new(
+        Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}")),
+    ));
+    let mut e = e;
+    let (d, _) = run(&mut e, "GET", "/items?limit=500", &[]);
+    let x = denial(&d);
+    assert_eq!(x.status, 400);
+    assert!(x.body(None).contains("/limit") || x.body(None).contains("limit"));
+    let (d, _) = run(&mut e, "GET", &format!("/items?x={}", "a".repeat(100)), &[]);
+    assert_eq!(denial(&d).status, 414);
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("content-length".to_string(), "20".to_string()),
+    ];
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let store = FakeStore::default();
+    let mut m = Counted::default();
+    let d = e.on_request_headers(
+        &RequestHead {
+            method: "POST",
+            path: "/items",
+            headers: &headers,
+            request_id: None,
+            peer_uri_san: None,
+            peer_subject: None,
+            peer_address: None,
+            end_of_stream: false,
+        },
+        &Host {
+            clock: &clock,
+            crypto: &NoHostCrypto,
+            store: &store,
+        },
+        &mut m,
+    );
+    allowed(&d);
+    let check = d.body.expect("a body check is pending");
+    assert!(m.0.is_empty(), "allowed is counted only after the body");
+    assert!(e
+        .on_body_end(&check, br#"{"name":"x"}"#, 12, &mut m)
+        .is_ok());
+    let err = e
+        .on_body_end(&check, br#"{"name":"x","admin":true}"#, 25, &mut m)
+        .unwrap_err();
+    assert_eq!((err.status, err.reason), (400, "invalid_body"));
+    assert!(err.body(None).contains("additionalProperties"));
 }

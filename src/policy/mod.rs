@@ -54,6 +54,7 @@ pub struct Policy {
     pub cert_sets: Vec<CertSet>,
     pub limits: Vec<Limit>,
     pub ratelimit_headers_on_allow: bool,
+    pub request_limits: Option<crate::validate::Limits>,
     pub routes: RouteTable<Route>,
     pub token_cache_size: usize,
     /// Every header apiguard itself writes; incoming copies are always removed.
@@ -133,6 +134,7 @@ pub struct Route {
     pub rules: Vec<Rule>,
     /// Indexes into `Policy::limits`; every one must admit the request.
     pub limits: Vec<usize>,
+    pub validation: Option<crate::validate::RouteValidation>,
 }
 
 /// A named token-bucket limit and how its bucket key and cost are derived per request.
@@ -303,6 +305,18 @@ impl TryFrom<Value> for Policy {
                 limits.push(l);
             }
         }
+        let request_limits =
+            raw.request_limits.and_then(|rl| {
+                match crate::validate::Limits::compile(rl, "request_limits") {
+                    Ok(l) => Some(l),
+                    Err(errs) => {
+                        for (p, m) in errs {
+                            errors.push(p, m);
+                        }
+                        None
+                    }
+                }
+            });
         let principals = PrincipalNames {
             jwt: &providers,
             api_keys: &api_key_sets,
@@ -351,6 +365,7 @@ impl TryFrom<Value> for Policy {
             cert_sets,
             limits,
             ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
+            request_limits,
             routes: RouteTable::new(routes),
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),
             owned_headers,
@@ -1012,6 +1027,17 @@ fn compile_route(
             });
         }
     }
+    let validation = rr.validate.and_then(|raw| {
+        match crate::validate::RouteValidation::compile(raw, &format!("{path}.validate"), &params) {
+            Ok(v) => Some(v),
+            Err(errs) => {
+                for (p, m) in errs {
+                    errors.push(p, m);
+                }
+                None
+            }
+        }
+    });
     let mut route_limits = Vec::new();
     for (j, name) in rr.limits.iter().enumerate() {
         match limits.iter().position(|l| &l.spec.name == name) {
@@ -1035,6 +1061,7 @@ fn compile_route(
             scopes,
             rules,
             limits: route_limits,
+            validation,
         },
     })
 }

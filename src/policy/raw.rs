@@ -27,6 +27,9 @@ pub struct RawPolicy {
     pub client_certs: Vec<Value>,
     #[serde(default)]
     pub limits: Vec<Value>,
+    /// Policy-wide size limits on the URL and headers (414 / 431).
+    #[serde(default)]
+    pub request_limits: Option<crate::validate::RawLimits>,
     /// Send `RateLimit` / `RateLimit-Policy` on allowed responses too, not only on 429.
     #[serde(default)]
     pub ratelimit_headers_on_allow: bool,
@@ -197,6 +200,8 @@ pub struct RawRoute {
     pub rules: Vec<RawRule>,
     #[serde(default)]
     pub limits: Vec<String>,
+    #[serde(default)]
+    pub validate: Option<crate::validate::RawValidate>,
 }
 
 /// A named set of API keys; routes name it in `providers` like a JWT provider.
