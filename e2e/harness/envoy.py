@@ -165,6 +165,8 @@ class Envoy(_StatsMixin):
         workdir: str | os.PathLike | None = None,
         fail_open: bool = False,
         extra_hcm: dict | None = None,
+        downstream_tls: dict | None = None,
+        access_log: str | None = None,
     ):
         self.policy = policy
         self.upstream_port = upstream_port
@@ -179,12 +181,18 @@ class Envoy(_StatsMixin):
         self.log_level = log_level
         self.fail_open = fail_open
         self.extra_hcm = extra_hcm or {}
+        # {"cert": pem path, "key": pem path, "ca": pem path (validates client certs),
+        #  "require_client_cert": bool (default True)}: the listener speaks TLS.
+        self.downstream_tls = downstream_tls
+        # An Envoy access log format string (text); lines go to `access_log_path`.
+        self.access_log = access_log
         self._own_dir = workdir is None
         self.dir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="apiguard-e2e-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "envoy.yaml"
         self.log_path = self.dir / "envoy.log"
         self.admin_path = self.dir / "admin.txt"
+        self.access_log_path = self.dir / "access.log"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.port: int | None = None
@@ -243,7 +251,36 @@ class Envoy(_StatsMixin):
         }
         if self.escaped_slashes_action:
             hcm["path_with_escaped_slashes_action"] = self.escaped_slashes_action
+        if self.access_log:
+            hcm["access_log"] = [{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(self.access_log_path),
+                    "log_format": {"text_format_source": {"inline_string": self.access_log}},
+                },
+            }]
         hcm.update(self.extra_hcm)
+        filter_chain: dict[str, Any] = {"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm,
+        }]}
+        if self.downstream_tls:
+            tls = self.downstream_tls
+            ctx: dict[str, Any] = {"tls_certificates": [{
+                "certificate_chain": {"filename": str(tls["cert"])},
+                "private_key": {"filename": str(tls["key"])},
+            }]}
+            if tls.get("ca"):
+                ctx["validation_context"] = {"trusted_ca": {"filename": str(tls["ca"])}}
+            filter_chain["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": bool(tls.get("require_client_cert", True)),
+                    "common_tls_context": ctx,
+                },
+            }
         clusters = [static_cluster("upstream", self.upstream_port)] + self.clusters
         return {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -251,10 +288,7 @@ class Envoy(_StatsMixin):
                 "listeners": [{
                     "name": "main",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm,
-                    }]}],
+                    "filter_chains": [filter_chain],
                 }],
                 "clusters": clusters,
             },
@@ -323,7 +357,7 @@ class Envoy(_StatsMixin):
             raise FileNotFoundError(
                 f"apiguard.wasm not found at {self.wasm} (set APIGUARD_WASM or "
                 "cargo build --target wasm32-wasip1 --release --lib)")
-        for p in (self.admin_path, self.log_path):
+        for p in (self.admin_path, self.log_path, self.access_log_path):
             if p.exists():
                 p.unlink()
         self.admin_port = self.port = None
@@ -335,6 +369,8 @@ class Envoy(_StatsMixin):
             "-l", self.log_level,
             "--admin-address-path", str(self.admin_path),
         ]
+        if self.access_log:
+            cmd += ["--file-flush-interval-msec", "100"]  # access log lines within 0.1 s
         self.started_at = time.monotonic()
         # Envoy logs to stderr, unbuffered; --log-path would buffer for seconds.
         with open(self.log_path, "wb") as err:
@@ -372,7 +408,11 @@ class Envoy(_StatsMixin):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.downstream_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def access_log_text(self) -> str:
+        return self.access_log_path.read_text(errors="replace") if self.access_log_path.exists() else ""
 
     @property
     def admin_url(self) -> str:
