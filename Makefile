@@ -58,8 +58,9 @@ unit:
 	scripts/fetch-json-schema-suite.sh
 	cargo test --all-targets
 
-e2e: deps $(WASM) $(CLI)
-	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath $(CLI)) \
+e2e: deps $(WASM)
+	$(PY) envoy/render.py --check
+	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) \
 		$(PY) -m pytest e2e -q -p no:cacheprovider
 
 test: deps unit e2e
