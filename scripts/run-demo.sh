@@ -51,6 +51,15 @@ apiguard is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:990
   # 200: ES256 token with items:write
   curl -i -X POST -H "Authorization: Bearer $WRITE" -H 'content-type: application/json' -d '{"name":"x"}' http://127.0.0.1:10000/items
 
+  # 400: mass assignment refused by the body schema (additionalProperties: false)
+  curl -i -X POST -H "Authorization: Bearer $WRITE" -H 'content-type: application/json' -d '{"name":"x","admin":true}' http://127.0.0.1:10000/items
+
+  # 200: API key instead of a JWT
+  curl -i -H 'x-api-key: demo-partner-key' http://127.0.0.1:10000/items
+
+  # 429 after 20 quick requests (RateLimit headers on every answer)
+  for i in \$(seq 25); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer $READ" http://127.0.0.1:10000/items; done; echo
+
   # 401: expired EdDSA token
   curl -i -H "Authorization: Bearer $EXPIRED" http://127.0.0.1:10000/items/42
 
