@@ -271,6 +271,8 @@ TENANT_CASES = [
     ("blocked-false", "/tenants/acme/orders/7",
      {"tenant_id": "acme", "blocked": False, "scope": "orders:read"}, None),
     ("own-tenant-no-scope", "/tenants/acme/orders/7", {"tenant_id": "acme"}, "insufficient_scope"),
+    # Envoy's normalize_path decodes the unreserved %6D before the filter binds the parameter
+    ("unreserved-escape", "/tenants/ac%6De/orders/7", {"tenant_id": "acme", "scope": "orders:read"}, None),
 ]
 
 
@@ -462,6 +464,15 @@ def test_jwt_or_api_key(envoy, keys, creds, expect):
         insufficient(resp, "items:read")
     else:
         problem(resp, 401, expect)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "filter bug: on a JWT-or-API-key route, when the JWT authenticates, the API key of a "
+    "`forward: false` set is not removed (engine.rs removes only the winning principal's "
+    "credential), so a valid secret key reaches the upstream"))
+def test_api_key_stripped_when_jwt_authenticates(envoy, keys):
+    seen = echoed(envoy.get("/items/5", {"X-Api-Key": KEY_A, **bearer(tok(keys, scope="items:read"))}))
+    assert "x-api-key" not in seen["headers"], seen
 
 
 def test_revoked_key(envoy_factory, keys):
@@ -657,8 +668,29 @@ def test_mtls_untrusted_ca_refused_by_envoy(tls_envoy, pki):
 
 def test_mtls_second_uri_san(tls_envoy, pki):
     """A cert with URI SANs [cart, checkout]: only the first URI SAN reaches the filter
-    (`connection.uri_san_peer_certificate`), so the allowed second one does not count."""
-    resp = tls_get(tls_envoy, pki, "/mesh/x", pki.two)
-    assert resp.status in (200, 403), resp
-    if resp.status == 403:
-        problem(resp, 403, "identity_not_allowed")
+    (`connection.uri_san_peer_certificate`), so the allowed second one does not count
+    (fails closed; Envoy's RBAC `authenticated` principal would match any SAN)."""
+    problem(tls_get(tls_envoy, pki, "/mesh/x", pki.two), 403, "identity_not_allowed")
+
+
+@pytest.fixture(scope="module")
+def strict_tls_envoy(module_envoy_factory, pki):
+    """`require_client_certificate: true`: Envoy itself refuses a handshake without a cert."""
+    policy = {
+        "client_certs": [{"name": "mesh", "uri_sans": [f"{SPIFFE}checkout"]}],
+        "routes": [{"name": "mesh", "match": {"prefix": "/"}, "providers": ["mesh"]}],
+    }
+    tls = {"cert": pki.server[0], "key": pki.server[1], "ca": pki.path("ca.crt"),
+           "require_client_cert": True}
+    return module_envoy_factory.make(policy, concurrency=1, downstream_tls=tls)
+
+
+def test_mtls_required_by_listener(strict_tls_envoy, pki):
+    import requests
+
+    echoed(tls_get(strict_tls_envoy, pki, "/x", pki.checkout))
+    problem(tls_get(strict_tls_envoy, pki, "/x", pki.cart), 403, "identity_not_allowed")
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        tls_get(strict_tls_envoy, pki, "/x", None)
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        tls_get(strict_tls_envoy, pki, "/x", pki.rogue)
