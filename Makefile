@@ -56,7 +56,7 @@ run: deps $(WASM) $(CLI)
 # --- tests ----------------------------------------------------------------------------
 unit:
 	scripts/fetch-json-schema-suite.sh
-	cargo test --all-targets
+	cargo test --lib --bins --tests
 
 e2e: deps $(WASM)
 	$(PY) envoy/render.py --check
