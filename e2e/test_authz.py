@@ -465,10 +465,6 @@ def test_jwt_or_api_key(envoy, keys, creds, expect):
         problem(resp, 401, expect)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "filter bug: on a JWT-or-API-key route, when the JWT authenticates, the API key of a "
-    "`forward: false` set is not removed (engine.rs removes only the winning principal's "
-    "credential), so a valid secret key reaches the upstream"))
 def test_api_key_stripped_when_jwt_authenticates(envoy, keys):
     seen = echoed(envoy.get("/items/5", {"X-Api-Key": KEY_A, **bearer(tok(keys, scope="items:read"))}))
     assert "x-api-key" not in seen["headers"], seen

@@ -387,27 +387,32 @@ impl Engine {
             decision.verdict = Verdict::Allow(mutations);
             return decision;
         };
-        match principal {
-            Principal::Jwt { provider, verified } => {
-                let Some(provider) = policy.providers.get(provider) else {
-                    return deny(
-                        decision,
-                        Denial::new(500, "internal", "provider index out of range"),
-                    );
+        if let Principal::Jwt { provider, verified } = &principal {
+            if let Some(provider) = policy.providers.get(*provider) {
+                add_upstream_headers(provider, verified, &mut mutations);
+            }
+        }
+        // Every credential the route's sources say not to forward is removed, not only the
+        // one that authenticated: an unused API key must not reach the upstream either.
+        if let Access::Principals(refs) = &route.access {
+            for r in refs {
+                let sources = match *r {
+                    PrincipalRef::Jwt(i) => policy
+                        .providers
+                        .get(i)
+                        .filter(|p| !p.forward)
+                        .map(|p| &p.sources),
+                    PrincipalRef::ApiKey(i) => policy
+                        .api_key_sets
+                        .get(i)
+                        .filter(|s| !s.forward)
+                        .map(|s| &s.sources),
+                    PrincipalRef::ClientCert(_) => None,
                 };
-                add_upstream_headers(provider, &verified, &mut mutations);
-                if !provider.forward {
-                    remove_credential(&provider.sources, req, path, query, &mut mutations);
+                if let Some(sources) = sources {
+                    remove_credential(sources, req, path, query, &mut mutations);
                 }
             }
-            Principal::ApiKey { set, .. } => {
-                if let Some(set) = policy.api_key_sets.get(set) {
-                    if !set.forward {
-                        remove_credential(&set.sources, req, path, query, &mut mutations);
-                    }
-                }
-            }
-            Principal::ClientCert { .. } => {}
         }
         decision.verdict = Verdict::Allow(mutations);
         decision
@@ -847,7 +852,10 @@ fn remove_credential(
         match source {
             TokenSource::Header { name, .. } => m.remove_headers.push(name.clone()),
             TokenSource::Query(param) => {
-                m.new_path = Some(credentials::path_without_query_param(path, query, param));
+                // Chain with an earlier removal so several query credentials all go.
+                let current = m.new_path.clone();
+                let (p, q) = current.as_deref().map_or((path, query), split_query);
+                m.new_path = Some(credentials::path_without_query_param(p, q, param));
             }
             TokenSource::Cookie(name) => {
                 match credentials::cookie_header_without(req.headers, name) {
