@@ -1,8 +1,12 @@
 //! The `apiguard` command line: `check` validates exactly as the filter does, `token` mints
 //! tokens the demo policy accepts.
 
-
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 use std::process::Command;
 
 fn apiguard(args: &[&str]) -> (i32, String, String) {
