@@ -76,3 +76,7 @@ fmt:
 clean:
 	cargo clean
 	rm -rf $(VENV) .wasm-target.stamp .run
+
+# --- soak (not part of make test): a million distinct keys at a bounded limit -------
+soak: deps $(WASM)
+	scripts/soak.sh
