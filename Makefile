@@ -80,3 +80,8 @@ clean:
 # --- soak (not part of make test): a million distinct keys at a bounded limit -------
 soak: deps $(WASM)
 	scripts/soak.sh
+
+# --- OCI image of the module (Istio WasmPlugin `url: oci://...`), no Docker needed ----
+.PHONY: oci
+oci: $(WASM)
+	python3 scripts/oci.py --tag $(or $(OCI_TAG),latest) --git-revision $(GIT_REV)
