@@ -85,3 +85,11 @@ soak: deps $(WASM)
 .PHONY: oci
 oci: $(WASM)
 	python3 scripts/oci.py --tag $(or $(OCI_TAG),latest) --git-revision $(GIT_REV)
+
+# --- bench (not part of make test): Envoy baseline vs native filters vs apiguard, and
+# criterion micro-benchmarks of the pure core. Results: bench/results/.
+bench: deps $(WASM)
+	command -v wrk || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	$(PY) bench/run.py
+	cargo bench --bench core

@@ -1,0 +1,603 @@
+#!/usr/bin/env python3
+"""Envoy throughput/latency benchmark: baseline vs native Envoy filters vs apiguard.
+
+One Envoy binary (.venv/bin/envoy), started four ways on 127.0.0.1, each `--concurrency 1`
+and pinned with `taskset -c 0`; wrk (1 thread, 16 connections) is pinned to core 1:
+
+  baseline        direct_response only (no auth filter)
+  native_cache    jwt_authn (local_jwks, jwt_cache_config) + rbac (scope from the JWT
+                  payload metadata) + local_ratelimit (huge bucket), then direct_response
+  native_nocache  the same without jwt_cache_config
+  apiguard        apiguard.wasm (v8) with the equivalent policy, then direct_response
+
+Every route answers with `direct_response`, so no upstream is in the measurement.
+
+Scenarios (each: WARMUP s of wrk, discarded, then SECONDS s measured; rounds interleave the
+variants): one RS256 token reused; 10,000 distinct RS256 tokens rotated; 10,000 distinct
+ES256 tokens rotated; POST of a 1 KB JSON body validated by a schema (apiguard vs baseline).
+
+Writes bench/results/results.json, results.md and results.png. Env knobs: BENCH_ROUNDS (3),
+BENCH_SECONDS (6), BENCH_WARMUP (2), BENCH_TOKENS (10000), BENCH_SCENARIOS (comma list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import jwt as pyjwt  # PyJWT
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ENVOY = pathlib.Path(os.environ.get("APIGUARD_ENVOY") or REPO / ".venv" / "bin" / "envoy")
+WASM = pathlib.Path(
+    os.environ.get("APIGUARD_WASM") or REPO / "target" / "wasm32-wasip1" / "release" / "apiguard.wasm"
+)
+DEMO = REPO / "envoy" / "demo"
+OUT = REPO / "bench" / "results"
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+NTOKENS = int(os.environ.get("BENCH_TOKENS", "10000"))
+CONNECTIONS = 16
+ENVOY_CPU = "0"
+WRK_CPU = "1"
+
+ISSUER = "https://issuer.demo.apiguard"
+AUDIENCE = "api.demo"
+SCOPE = "items:read items:write"
+REQUIRED_SCOPE = "items:read"
+
+VARIANTS = ["baseline", "native_cache", "native_nocache", "apiguard"]
+SCENARIOS = {
+    # name: (method, path, token set, variants)
+    "rs256_one_token": ("GET", "/items", "rs256_one", VARIANTS),
+    "rs256_10k_tokens": ("GET", "/items", "rs256_many", VARIANTS),
+    "es256_10k_tokens": ("GET", "/items", "es256_many", VARIANTS),
+    "post_1k_json_schema": ("POST", "/items", None, ["baseline", "apiguard"]),
+    # A public route: no credential, no limit, no validation. What is left is the fixed cost
+    # of running the Wasm filter at all (VM call, header map, routing, decision record).
+    "public_get_no_auth": ("GET", "/public", None, ["baseline", "apiguard"]),
+}
+
+BODY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "price", "tags"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "price": {"type": "number", "minimum": 0},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "active": {"type": "boolean"},
+        "description": {"type": "string", "maxLength": 2048},
+        "tags": {"type": "array", "maxItems": 32,
+                 "items": {"type": "string", "pattern": "^tag-[0-9]{2}-[a-z]+$"}},
+        "attributes": {"type": "array", "maxItems": 32, "items": {
+            "type": "object", "additionalProperties": False, "required": ["key", "value"],
+            "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}},
+    },
+}
+
+
+def body_1k() -> bytes:
+    """The same ~1 KB document benches/core.rs validates (compact JSON, exactly 1024 bytes)."""
+    body = {
+        "name": "widget", "price": 12.5, "quantity": 3, "active": True,
+        "tags": [f"tag-{i:02d}-abcdefgh" for i in range(12)],
+        "attributes": [{"key": f"attr{i}", "value": f"value-{i}-0123456789"} for i in range(8)],
+        "description": "",
+    }
+    n = len(json.dumps(body, separators=(",", ":")))
+    body["description"] = "x" * max(0, 1024 - n)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+def bench_jwks() -> dict:
+    """The demo JWKS restricted to the RS256 and ES256 keys (what both stacks are given)."""
+    jwks = json.loads((DEMO / "jwks.json").read_text())
+    return {"keys": [k for k in jwks["keys"] if k.get("kid") in ("demo-rs256", "demo-es256")]}
+
+
+def mint_tokens(alg: str, n: int) -> list[str]:
+    pem = (DEMO / ("rs256.pem" if alg == "RS256" else "es256.pem")).read_bytes()
+    kid = "demo-rs256" if alg == "RS256" else "demo-es256"
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    key = load_pem_private_key(pem, password=None)
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{i}", "scope": SCOPE,
+                  "iat": now - 5, "exp": now + 3 * 3600, "jti": f"bench-{alg}-{i}"}
+        out.append(pyjwt.encode(claims, key, algorithm=alg, headers={"kid": kid}))
+    return out
+
+
+# --- Envoy configs --------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def direct_route_config() -> dict:
+    return {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"},
+         "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]}
+
+
+def native_filters(cache: bool) -> list[dict]:
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(bench_jwks())},
+        "payload_in_metadata": "jwt_payload",
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    return [
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"demo": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "demo"}}],
+        }},
+        # The `scope` claim is a space-delimited string: require the scope as a whole word.
+        {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {"scope": {
+                "permissions": [{"any": True}],
+                "principals": [{"metadata": {
+                    "filter": "envoy.filters.http.jwt_authn",
+                    "path": [{"key": "jwt_payload"}, {"key": "scope"}],
+                    "value": {"string_match": {"safe_regex": {
+                        "regex": f"(.* )?{REQUIRED_SCOPE}( .*)?"}}},
+                }}],
+            }}},
+        }},
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench_rl",
+            "token_bucket": {"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000,
+                             "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": "rl_enabled",
+                               "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"runtime_key": "rl_enforced",
+                                "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        }},
+    ]
+
+
+def apiguard_policy() -> dict:
+    return {
+        "realm": "bench",
+        "unmatched": "deny",
+        "providers": [{"name": "demo", "issuer": ISSUER, "audiences": [AUDIENCE],
+                       "jwks": {"inline": bench_jwks()}}],
+        "limits": [{"name": "huge", "capacity": 1_000_000_000,
+                    "refill": {"tokens": 1_000_000_000, "period_seconds": 1},
+                    "key": [{"claim": "sub"}], "max_buckets": 20_000}],
+        "routes": [
+            {"name": "public", "match": {"path": "/public", "methods": ["GET"]}, "public": True},
+            {"name": "list-items", "match": {"path": "/items", "methods": ["GET"]},
+             "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
+            {"name": "create-item", "match": {"path": "/items", "methods": ["POST"]},
+             "public": True,
+             "validate": {"body": {"content_types": ["application/json"], "max_bytes": 4096,
+                                   "schema": BODY_SCHEMA}}},
+        ],
+    }
+
+
+def apiguard_filters() -> list[dict]:
+    return [{"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": "apiguard", "root_id": "apiguard", "fail_open": False,
+            "vm_config": {"vm_id": "apiguard", "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(WASM)}}},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(apiguard_policy())},
+        },
+    }}]
+
+
+def bootstrap(variant: str, port: int, admin_port: int) -> dict:
+    filters = {
+        "baseline": [],
+        "native_cache": native_filters(cache=True),
+        "native_nocache": native_filters(cache=False),
+        "apiguard": apiguard_filters(),
+    }[variant]
+    # The buffer filter (in every variant, so it costs all the same) holds the request until
+    # its body is complete: without it the router's direct_response answers at the headers
+    # and apiguard's body validation (which runs in the body phase) could not refuse anything.
+    # Bodiless GETs pass it at once.
+    filters = filters + [{"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 65536}}]
+    filters = filters + [{"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [{
+            "name": "bench",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "bench",
+                    "normalize_path": True, "merge_slashes": True,
+                    "route_config": direct_route_config(),
+                    "http_filters": filters,
+                }}]}],
+        }]},
+    }
+
+
+class EnvoyProc:
+    def __init__(self, variant: str, workdir: pathlib.Path):
+        self.variant = variant
+        self.port = free_port()
+        self.admin = free_port()
+        cfg = workdir / f"{variant}.json"
+        cfg.write_text(json.dumps(bootstrap(variant, self.port, self.admin)))
+        self.log = open(workdir / f"{variant}.log", "wb")
+        # taskset execs Envoy, so this pid is Envoy's.
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", ENVOY_CPU, str(ENVOY), "-c", str(cfg), "--concurrency", "1",
+             "--log-level", "warn", "--disable-hot-restart"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.logpath = workdir / f"{variant}.log"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.variant}: Envoy exited\n{self.logpath.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.variant}: not ready\n{self.logpath.read_text()[-3000:]}")
+
+    def rss_kb(self) -> int:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def request(port: int, method: str, path: str, headers: dict, body: bytes | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def admin_stats(admin_port: int, contains: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats?format=json", timeout=5) as r:
+            stats = json.load(r)["stats"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {s["name"]: s["value"] for s in stats if contains in s.get("name", "") and "value" in s}
+
+
+# --- wrk ------------------------------------------------------------------------------
+
+LUA = r'''
+local reqs = {}
+local n = 0
+local i = 0
+
+function init(args)
+  local method = os.getenv("BENCH_METHOD")
+  local path = os.getenv("BENCH_PATH")
+  local body = nil
+  local bf = os.getenv("BENCH_BODY") or ""
+  if bf ~= "" then
+    local f = io.open(bf, "rb"); body = f:read("*a"); f:close()
+  end
+  local tf = os.getenv("BENCH_TOKEN_FILE") or ""
+  if tf ~= "" then
+    for line in io.lines(tf) do
+      if #line > 0 then
+        n = n + 1
+        reqs[n] = wrk.format(method, path, {["Authorization"] = "Bearer " .. line}, body)
+      end
+    end
+  else
+    local h = {}
+    if body then h["Content-Type"] = "application/json" end
+    n = 1
+    reqs[1] = wrk.format(method, path, h, body)
+  end
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    "BENCH_RESULT {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"mean_us\": %.1f, \"max_us\": %d, \"errors_connect\": %d, \"errors_read\": %d, \"errors_write\": %d, \"errors_timeout\": %d, \"errors_status\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, latency.max, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout, summary.errors.status))
+end
+'''
+
+
+def run_wrk(port: int, seconds: int, env: dict, lua: pathlib.Path, path: str) -> dict:
+    cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
+           "--timeout", "5s", "-s", str(lua), f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            r = json.loads(line.removeprefix("BENCH_RESULT "))
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            return r
+    raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+
+
+# --- report ---------------------------------------------------------------------------
+
+def summarize(raw: list[dict]) -> dict:
+    """Median over rounds of rps, p50, p99 per (scenario, variant)."""
+    out: dict = {}
+    for r in raw:
+        out.setdefault(r["scenario"], {}).setdefault(r["variant"], []).append(r)
+    summary = {}
+    for sc, by_v in out.items():
+        summary[sc] = {}
+        for v, rs in by_v.items():
+            summary[sc][v] = {
+                "rps": statistics.median(x["rps"] for x in rs),
+                "rps_min": min(x["rps"] for x in rs),
+                "rps_max": max(x["rps"] for x in rs),
+                "p50_ms": statistics.median(x["p50_us"] for x in rs) / 1000,
+                "p99_ms": statistics.median(x["p99_us"] for x in rs) / 1000,
+                "rounds": len(rs),
+                "non_2xx": sum(x["errors_status"] for x in rs),
+                "socket_errors": sum(x["errors_connect"] + x["errors_read"] + x["errors_write"]
+                                     + x["errors_timeout"] for x in rs),
+            }
+        ag = summary[sc].get("apiguard")
+        ratios = {}
+        if ag:
+            for other in ("baseline", "native_cache", "native_nocache"):
+                if other in summary[sc]:
+                    ratios[f"apiguard/{other}"] = ag["rps"] / summary[sc][other]["rps"]
+        summary[sc]["ratios_rps"] = ratios
+    return summary
+
+
+def write_markdown(meta: dict, summary: dict) -> str:
+    lines = [
+        "# apiguard benchmark: Envoy baseline vs native filters vs apiguard",
+        "",
+        f"Generated by `make bench` (bench/run.py) at {meta['timestamp']}, commit `{meta['git']}`.",
+        f"Envoy `{meta['envoy_version']}`, `--concurrency 1` pinned to CPU {ENVOY_CPU}; "
+        f"wrk 1 thread / {CONNECTIONS} connections pinned to CPU {WRK_CPU}; "
+        f"{meta['rounds']} interleaved rounds of {meta['warmup_s']} s warm-up + {meta['seconds']} s "
+        "measured; medians over rounds. Every route is a `direct_response` (no upstream), behind "
+        "`envoy.filters.http.buffer` in every variant (so a POST body is complete before the "
+        "direct response, and apiguard's body validation really runs).",
+        "",
+        "| scenario | variant | req/s (median) | req/s min..max | p50 ms | p99 ms | non-2xx |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for sc, by_v in summary.items():
+        for v in VARIANTS:
+            if v in by_v:
+                s = by_v[v]
+                lines.append(f"| {sc} | {v} | {s['rps']:,.0f} | {s['rps_min']:,.0f}..{s['rps_max']:,.0f} "
+                             f"| {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['non_2xx']} |")
+    lines += ["", "Throughput ratios (apiguard req/s divided by the other's):", "",
+              "| scenario | apiguard/baseline | apiguard/native_cache | apiguard/native_nocache |",
+              "| --- | ---: | ---: | ---: |"]
+    for sc, by_v in summary.items():
+        r = by_v["ratios_rps"]
+        cell = lambda k: f"{r[k]:.2f}" if k in r else "n/a"  # noqa: E731
+        lines.append(f"| {sc} | {cell('apiguard/baseline')} | {cell('apiguard/native_cache')} "
+                     f"| {cell('apiguard/native_nocache')} |")
+    lines += ["", "Memory and size:", "",
+              "| variant | VmRSS after start (KiB) | VmRSS after the run (KiB) |",
+              "| --- | ---: | ---: |"]
+    for v in VARIANTS:
+        if v in meta["rss_kb"]:
+            m = meta["rss_kb"][v]
+            lines.append(f"| {v} | {m['start']:,} | {m['end']:,} |")
+    lines += ["", f"apiguard.wasm: {meta['wasm_bytes']:,} bytes.", "",
+              "Variants: `baseline` = no filter but the router; `native_*` = jwt_authn (local_jwks, "
+              "with / without `jwt_cache_config` size 100) + rbac (scope word from "
+              "`payload_in_metadata`, RE2) + local_ratelimit (global bucket of 1e9); `apiguard` = "
+              "apiguard.wasm (V8): provider with inline JWKS, route `scopes.all_of`, limit of "
+              "capacity 1e9 keyed by `sub` (shared-data CAS). apiguard's token cache holds 1024 "
+              "tokens per worker, native's 100: 10,000 rotated tokens miss both caches.", ""]
+    if meta.get("apiguard_stats"):
+        lines += ["apiguard counters after the run: " + ", ".join(
+            f"`{k}` {v:,}" for k, v in sorted(meta["apiguard_stats"].items())), ""]
+    if meta.get("native_cache_stats"):
+        lines += ["native_cache counters after the run: " + ", ".join(
+            f"`{k}` {v:,}" for k, v in sorted(meta["native_cache_stats"].items())), ""]
+    if meta.get("notes"):
+        lines += ["Notes:", ""] + [f"- {n}" for n in meta["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def write_chart(summary: dict, path: pathlib.Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart (pip install -r bench/requirements.txt)", file=sys.stderr)
+        return
+    scenarios = list(summary)
+    colors = {"baseline": "#9e9e9e", "native_cache": "#1f77b4", "native_nocache": "#aec7e8",
+              "apiguard": "#d62728"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.2
+    for ax, key, title in ((axes[0], "rps", "requests/s (median, higher is better)"),
+                           (axes[1], "p99_ms", "p99 latency ms (lower is better)")):
+        for j, v in enumerate(VARIANTS):
+            xs, ys = [], []
+            for i, sc in enumerate(scenarios):
+                if v in summary[sc]:
+                    xs.append(i + (j - 1.5) * width)
+                    ys.append(summary[sc][v][key])
+            ax.bar(xs, ys, width, label=v, color=colors[v])
+        ax.set_xticks(range(len(scenarios)))
+        ax.set_xticklabels(scenarios, rotation=15, fontsize=8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Envoy 1 worker: baseline vs native jwt_authn+rbac+local_ratelimit vs apiguard")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# --- main -----------------------------------------------------------------------------
+
+def main() -> int:
+    if not ENVOY.exists():
+        sys.exit(f"{ENVOY} missing: make deps")
+    if not WASM.exists():
+        sys.exit(f"{WASM} missing: make wasm")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk missing: apt-get install -y wrk")
+    if (os.cpu_count() or 1) < 2:
+        print("warning: fewer than 2 CPUs; Envoy and wrk share a core", file=sys.stderr)
+
+    wanted = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="apiguard-bench-"))
+    print(f"minting tokens ({NTOKENS} RS256, {NTOKENS} ES256) ...", flush=True)
+    t0 = time.time()
+    rs_many = mint_tokens("RS256", NTOKENS)
+    es_many = mint_tokens("ES256", NTOKENS)
+    token_files = {}
+    for name, toks in (("rs256_one", rs_many[:1]), ("rs256_many", rs_many), ("es256_many", es_many)):
+        p = work / f"{name}.txt"
+        p.write_text("\n".join(toks) + "\n")
+        token_files[name] = p
+    print(f"  {time.time() - t0:.1f} s", flush=True)
+    body_path = work / "body.json"
+    body_path.write_bytes(body_1k())
+    lua = work / "bench.lua"
+    lua.write_text(LUA)
+
+    envoy_version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True
+                                   ).stdout.strip().split("version:")[-1].strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip()
+    meta = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": git,
+            "envoy_version": envoy_version, "rounds": ROUNDS, "seconds": SECONDS,
+            "warmup_s": WARMUP, "connections": CONNECTIONS, "tokens": NTOKENS,
+            "wasm_bytes": WASM.stat().st_size, "rss_kb": {}, "notes": []}
+
+    envoys: dict[str, EnvoyProc] = {}
+    raw: list[dict] = []
+    try:
+        for v in VARIANTS:
+            envoys[v] = EnvoyProc(v, work)
+        for v, e in envoys.items():
+            e.wait_ready()
+        time.sleep(1.0)
+        for v, e in envoys.items():
+            meta["rss_kb"][v] = {"start": e.rss_kb()}
+
+        # Sanity: every variant answers 200 to a good request and the guarded ones refuse
+        # a request without a token (so the filters really run).
+        good = {"Authorization": f"Bearer {rs_many[0]}"}
+        for v, e in envoys.items():
+            st = request(e.port, "GET", "/items", good)
+            no = request(e.port, "GET", "/items", {})
+            print(f"  {v}: GET with token -> {st}, without -> {no}", flush=True)
+            if st != 200 or (v != "baseline" and no not in (401, 403)):
+                raise RuntimeError(f"{v}: sanity check failed ({st}, {no})\n"
+                                   f"{e.logpath.read_text()[-3000:]}")
+        for v in ("baseline", "apiguard"):
+            st = request(envoys[v].port, "POST", "/items", {"Content-Type": "application/json"},
+                         body_1k())
+            bad = request(envoys[v].port, "POST", "/items", {"Content-Type": "application/json"},
+                          b'{"name": 1}')
+            print(f"  {v}: POST valid -> {st}, invalid -> {bad}", flush=True)
+            if st != 200 or (v == "apiguard" and bad != 400):
+                raise RuntimeError(f"{v}: POST sanity check failed ({st}, {bad})")
+
+        total = sum(len(SCENARIOS[s][3]) for s in wanted) * ROUNDS * (SECONDS + WARMUP)
+        print(f"running {ROUNDS} rounds, ~{total} s of load ...", flush=True)
+        for rnd in range(ROUNDS):
+            for sc in wanted:
+                method, path, tokens, variants = SCENARIOS[sc]
+                env = {"BENCH_METHOD": method, "BENCH_PATH": path,
+                       "BENCH_TOKEN_FILE": str(token_files[tokens]) if tokens else "",
+                       "BENCH_BODY": str(body_path) if method == "POST" else ""}
+                # Rotate the order each round so no variant always runs first.
+                order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+                for v in order:
+                    port = envoys[v].port
+                    run_wrk(port, WARMUP, env, lua, path)
+                    r = run_wrk(port, SECONDS, env, lua, path)
+                    r.update({"scenario": sc, "variant": v, "round": rnd})
+                    raw.append(r)
+                    print(f"  round {rnd} {sc:22s} {v:15s} {r['rps']:>9,.0f} req/s  "
+                          f"p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  "
+                          f"non-2xx {r['errors_status']}", flush=True)
+        for v, e in envoys.items():
+            meta["rss_kb"][v]["end"] = e.rss_kb()
+        meta["apiguard_stats"] = admin_stats(envoys["apiguard"].admin, "apiguard.jwt")
+        meta["native_cache_stats"] = admin_stats(envoys["native_cache"].admin, "jwt_authn")
+    finally:
+        for e in envoys.values():
+            e.stop()
+
+    summary = summarize(raw)
+    if any(s.get("non_2xx") for by_v in summary.values() for k, s in by_v.items()
+           if k != "ratios_rps"):
+        meta["notes"].append("some runs saw non-2xx responses: see results.json")
+    (OUT / "results.json").write_text(json.dumps(
+        {"meta": meta, "summary": summary, "runs": raw}, indent=2) + "\n")
+    (OUT / "results.md").write_text(write_markdown(meta, summary))
+    write_chart(summary, OUT / "results.png")
+    print((OUT / "results.md").read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
