@@ -31,6 +31,7 @@ ITEM_SCHEMA = {
 }
 
 POLICY = {
+    "hold_headers_for_body": True,
     "request_limits": {"max_url_bytes": 2048, "max_headers": 64, "max_header_bytes": 8192},
     "routes": [
         {"name": "health", "match": {"path": "/healthz", "methods": ["GET"]}, "public": True},

@@ -567,6 +567,35 @@ impl HttpContext for Request {
         }
     }
 
+    /// A stream that ends with trailers never calls the body callback with
+    /// `end_of_stream`: finish the body check here, or it would be skipped.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(check) = self.body else {
+            return Action::Continue;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let seen = match check.plan {
+            BodyPlan::Buffer { .. } => body.len() as u64,
+            _ => self.streamed,
+        };
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        let result = {
+            let engine = worker.engine.borrow();
+            let mut metrics = worker.metrics.borrow_mut();
+            engine.on_body_end(&check, &body, seen, &mut *metrics)
+        };
+        self.body = None;
+        match result {
+            Ok(()) => Action::Continue,
+            Err(d) => self.reject(*d),
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for (name, value) in self.response_headers.drain(..) {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, Some(&value));
@@ -593,6 +622,19 @@ impl Request {
             self.route = decision.route.clone();
             self.request_id = request_id.map(str::to_string);
         }
+        // With `allow_on_headers_stop_iteration`, pausing here keeps the headers from the
+        // upstream until the body passed; without it Envoy would stop body callbacks too,
+        // so this is opt-in (`hold_headers_for_body`).
+        let hold = matches!(
+            decision.body,
+            Some(BodyCheck {
+                plan: BodyPlan::Buffer { .. },
+                ..
+            })
+        ) && self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.engine.borrow().policy().hold_headers_for_body);
         // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
         let record = decision_record(&decision);
         let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
@@ -609,7 +651,11 @@ impl Request {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
                 }
-                Action::Continue
+                if hold {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
             Verdict::Deny(denial) => {
                 log_denial(

@@ -98,8 +98,17 @@ impl Denial {
             "reason": self.reason,
         });
         if let Value::Object(map) = &mut body {
-            if let Some(id) = request_id {
-                map.insert("request_id".into(), Value::String(id.to_string()));
+            // Only an id that looks like one is reflected: never echo arbitrary client input.
+            let id = request_id.filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 128
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            });
+            if request_id.is_some() {
+                let value = id.map_or(Value::Null, |id| Value::String(id.to_string()));
+                map.insert("request_id".into(), value);
             }
             for (k, v) in &self.extensions {
                 map.insert((*k).to_string(), v.clone());
@@ -150,6 +159,16 @@ mod tests {
         assert_eq!(body["status"], 401);
         assert_eq!(body["type"], "urn:apiguard:problem:missing_credentials");
         assert_eq!(body["request_id"], "r1");
+    }
+
+    #[test]
+    fn only_sane_request_ids_are_reflected() {
+        let d = Denial::missing_credentials("r");
+        assert!(d
+            .body(Some(&"a".repeat(200)))
+            .contains("\"request_id\":null"));
+        assert!(!d.body(Some("<script>")).contains("script"));
+        assert!(d.body(Some("5f0c-11aa")).contains("5f0c-11aa"));
     }
 
     #[test]

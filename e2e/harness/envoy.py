@@ -217,6 +217,9 @@ class Envoy(_StatsMixin):
                         "name": "apiguard",
                         "root_id": "apiguard",
                         "fail_open": self.fail_open,
+                        # Lets apiguard hold headers while it validates a body
+                        # (policy `hold_headers_for_body`).
+                        "allow_on_headers_stop_iteration": True,
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": self.policy_json(),

@@ -45,6 +45,7 @@ def resource(policy: dict | str, wasm: str = WASM, name: str = "apiguard") -> di
                     "root_id": "apiguard",
                     # Fail closed: a module that cannot load refuses requests.
                     "fail_open": False,
+                    "allow_on_headers_stop_iteration": True,
                     "vm_config": {
                         # Same vm_id and code on every update: Envoy keeps the VM (and its
                         # shared data: rate-limit buckets, fetched JWKS) and only

@@ -54,6 +54,8 @@ pub struct Policy {
     pub cert_sets: Vec<CertSet>,
     pub limits: Vec<Limit>,
     pub ratelimit_headers_on_allow: bool,
+    /// Pause at the headers while a body is validated (see `RawPolicy`).
+    pub hold_headers_for_body: bool,
     pub request_limits: Option<crate::validate::Limits>,
     pub routes: RouteTable<Route>,
     pub token_cache_size: usize,
@@ -365,6 +367,7 @@ impl TryFrom<Value> for Policy {
             cert_sets,
             limits,
             ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
+            hold_headers_for_body: raw.hold_headers_for_body,
             request_limits,
             routes: RouteTable::new(routes),
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),

@@ -30,6 +30,10 @@ pub struct RawPolicy {
     /// Policy-wide size limits on the URL and headers (414 / 431).
     #[serde(default)]
     pub request_limits: Option<crate::validate::RawLimits>,
+    /// Hold a request's headers until its body passed validation. Needs the Envoy Wasm
+    /// filter setting `allow_on_headers_stop_iteration: true`.
+    #[serde(default)]
+    pub hold_headers_for_body: bool,
     /// Send `RateLimit` / `RateLimit-Policy` on allowed responses too, not only on 429.
     #[serde(default)]
     pub ratelimit_headers_on_allow: bool,
