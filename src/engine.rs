@@ -150,6 +150,13 @@ impl Engine {
         }
     }
 
+    fn validation_of(&self, check: &BodyCheck) -> Option<&crate::validate::RouteValidation> {
+        self.policy
+            .routes
+            .get(check.route)
+            .and_then(|r| r.validation.as_ref())
+    }
+
     /// Checks the body size seen so far (`Limit` and `Buffer` plans), before the end.
     pub fn on_body_progress(
         &self,
@@ -157,12 +164,7 @@ impl Engine {
         seen: u64,
         metrics: &mut dyn Metrics,
     ) -> Result<(), Box<Denial>> {
-        let Some(v) = self
-            .policy
-            .routes
-            .get(check.route)
-            .and_then(|r| r.validation.as_ref())
-        else {
+        let Some(v) = self.validation_of(check) else {
             return Ok(());
         };
         v.check_body_size(seen).map_err(|f| {
@@ -180,12 +182,7 @@ impl Engine {
         seen: u64,
         metrics: &mut dyn Metrics,
     ) -> Result<(), Box<Denial>> {
-        let Some(v) = self
-            .policy
-            .routes
-            .get(check.route)
-            .and_then(|r| r.validation.as_ref())
-        else {
+        let Some(v) = self.validation_of(check) else {
             metrics.incr("apiguard.allowed");
             return Ok(());
         };

@@ -230,55 +230,43 @@ impl TryFrom<Value> for Policy {
             errors.push("max_token_bytes", "must be between 512 and 65536");
         }
 
-        let mut providers = Vec::new();
+        // Providers, API-key sets and certificate sets share one namespace: routes name them.
         let mut names = HashSet::new();
-        for (i, item) in raw.providers.into_iter().enumerate() {
-            let path = format!("providers[{i}]");
-            let Some(rp) = errors.parse::<RawProvider>(item, &path) else {
-                continue;
-            };
-            if !names.insert(rp.name.clone()) {
-                errors.push(
-                    format!("{path}.name"),
-                    format!("duplicate provider name `{}`", rp.name),
-                );
-            }
+        let mut providers = Vec::new();
+        for (path, rp) in errors.parse_named::<RawProvider>(
+            raw.providers,
+            "providers",
+            "provider",
+            &mut names,
+            |p| &p.name,
+        ) {
             if let Some(p) = compile_provider(rp, &path, max_token_bytes, &mut errors) {
                 providers.push(p);
             }
         }
-
         let mut api_key_sets = Vec::new();
-        for (i, item) in raw.api_keys.into_iter().enumerate() {
-            let path = format!("api_keys[{i}]");
-            let Some(rs) = errors.parse::<RawApiKeySet>(item, &path) else {
-                continue;
-            };
-            if !names.insert(rs.name.clone()) {
-                errors.push(
-                    format!("{path}.name"),
-                    format!("duplicate provider name `{}`", rs.name),
-                );
-            }
+        for (path, rs) in errors.parse_named::<RawApiKeySet>(
+            raw.api_keys,
+            "api_keys",
+            "provider",
+            &mut names,
+            |s| &s.name,
+        ) {
             if let Some(set) = compile_api_keys(rs, &path, &mut errors) {
                 api_key_sets.push(set);
             }
         }
         let mut cert_sets = Vec::new();
-        for (i, item) in raw.client_certs.into_iter().enumerate() {
-            let path = format!("client_certs[{i}]");
-            let Some(rc) = errors.parse::<RawClientCertSet>(item, &path) else {
-                continue;
-            };
-            if !names.insert(rc.name.clone()) {
-                errors.push(
-                    format!("{path}.name"),
-                    format!("duplicate provider name `{}`", rc.name),
-                );
-            }
+        for (path, rc) in errors.parse_named::<RawClientCertSet>(
+            raw.client_certs,
+            "client_certs",
+            "provider",
+            &mut names,
+            |c| &c.name,
+        ) {
             if rc.uri_sans.is_empty() && rc.uri_san_prefixes.is_empty() && rc.subjects.is_empty() {
                 errors.push(
-                    path.clone(),
+                    path,
                     "list at least one of `uri_sans`, `uri_san_prefixes`, `subjects`",
                 );
                 continue;
@@ -292,17 +280,11 @@ impl TryFrom<Value> for Policy {
         }
         let mut limits = Vec::new();
         let mut limit_names = HashSet::new();
-        for (i, item) in raw.limits.into_iter().enumerate() {
-            let path = format!("limits[{i}]");
-            let Some(rl) = errors.parse::<RawLimit>(item, &path) else {
-                continue;
-            };
-            if !limit_names.insert(rl.name.clone()) {
-                errors.push(
-                    format!("{path}.name"),
-                    format!("duplicate limit name `{}`", rl.name),
-                );
-            }
+        for (path, rl) in
+            errors.parse_named::<RawLimit>(raw.limits, "limits", "limit", &mut limit_names, |l| {
+                &l.name
+            })
+        {
             if let Some(l) = compile_limit(rl, &path, &mut errors) {
                 limits.push(l);
             }
@@ -328,17 +310,11 @@ impl TryFrom<Value> for Policy {
 
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
-        for (i, item) in raw.routes.into_iter().enumerate() {
-            let path = format!("routes[{i}]");
-            let Some(rr) = errors.parse::<RawRoute>(item, &path) else {
-                continue;
-            };
-            if !route_names.insert(rr.name.clone()) {
-                errors.push(
-                    format!("{path}.name"),
-                    format!("duplicate route name `{}`", rr.name),
-                );
-            }
+        for (path, rr) in
+            errors.parse_named::<RawRoute>(raw.routes, "routes", "route", &mut route_names, |r| {
+                &r.name
+            })
+        {
             if let Some(r) =
                 compile_route(rr, &path, &principals, (&limits, &limit_names), &mut errors)
             {
@@ -1091,6 +1067,34 @@ impl Errors {
 
     fn take(&mut self) -> Vec<ConfigError> {
         std::mem::take(&mut self.0)
+    }
+
+    /// Parses every item of the list `list` strictly and checks that its name is unique in
+    /// `names`; returns the items that parsed, each with its JSON path.
+    fn parse_named<T: DeserializeOwned>(
+        &mut self,
+        items: Vec<Value>,
+        list: &str,
+        kind: &str,
+        names: &mut HashSet<String>,
+        name_of: impl Fn(&T) -> &String,
+    ) -> Vec<(String, T)> {
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("{list}[{i}]");
+            let Some(parsed) = self.parse::<T>(item, &path) else {
+                continue;
+            };
+            let name = name_of(&parsed);
+            if !names.insert(name.clone()) {
+                self.push(
+                    format!("{path}.name"),
+                    format!("duplicate {kind} name `{name}`"),
+                );
+            }
+            out.push((path, parsed));
+        }
+        out
     }
 
     /// Deserializes one item strictly, recording the failing field's full JSON path.
