@@ -19,6 +19,7 @@ use crate::host::{CasError, Clock, SharedStore, SignatureHost};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
 use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
 use crate::jwt::Jwks;
+use crate::policy::raw::RawLogLevel;
 use crate::policy::{KeySource, Policy};
 use crate::problem::Denial;
 use crate::validate::BodyPlan;
@@ -605,12 +606,25 @@ impl HttpContext for Request {
 }
 
 impl Request {
+    fn deny_log(&self) -> Option<RawLogLevel> {
+        self.worker
+            .as_ref()
+            .and_then(|w| w.engine.borrow().policy().deny_log)
+    }
+
     /// Refuses the request from the body phase.
     fn reject(&mut self, denial: Denial) -> Action {
         self.body = None;
         self.response_headers.clear();
         let (route, request_id) = (self.route.clone(), self.request_id.clone());
-        log_denial(&denial, route.as_deref(), None, None, request_id.as_deref());
+        log_denial(
+            self.deny_log(),
+            &denial,
+            route.as_deref(),
+            None,
+            None,
+            request_id.as_deref(),
+        );
         send_denial(&denial, request_id.as_deref());
         Action::Pause
     }
@@ -659,6 +673,7 @@ impl Request {
             }
             Verdict::Deny(denial) => {
                 log_denial(
+                    self.deny_log(),
                     &denial,
                     decision.route.as_deref(),
                     decision.rule.as_deref(),
@@ -674,14 +689,21 @@ impl Request {
 
 /// One structured line per denied request: never the credential.
 fn log_denial(
+    level: Option<RawLogLevel>,
     denial: &Denial,
     route: Option<&str>,
     rule: Option<&str>,
     principal: Option<&str>,
     request_id: Option<&str>,
 ) {
+    let level = match level {
+        None | Some(RawLogLevel::Off) => return,
+        Some(RawLogLevel::Debug) => LogLevel::Debug,
+        Some(RawLogLevel::Info) => LogLevel::Info,
+        Some(RawLogLevel::Warn) => LogLevel::Warn,
+    };
     log(
-        LogLevel::Info,
+        level,
         &serde_json::json!({
             "apiguard": "deny",
             "status": denial.status,

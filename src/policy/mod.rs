@@ -54,6 +54,8 @@ pub struct Policy {
     pub cert_sets: Vec<CertSet>,
     pub limits: Vec<Limit>,
     pub ratelimit_headers_on_allow: bool,
+    /// Level of the per-denial log line; `None` turns it off.
+    pub deny_log: Option<raw::RawLogLevel>,
     /// Pause at the headers while a body is validated (see `RawPolicy`).
     pub hold_headers_for_body: bool,
     pub request_limits: Option<crate::validate::Limits>,
@@ -344,6 +346,11 @@ impl TryFrom<Value> for Policy {
             limits,
             ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
             hold_headers_for_body: raw.hold_headers_for_body,
+            deny_log: match raw.deny_log {
+                Some(RawLogLevel::Off) => None,
+                Some(level) => Some(level),
+                None => Some(RawLogLevel::Info),
+            },
             request_limits,
             routes: RouteTable::new(routes),
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),

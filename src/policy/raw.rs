@@ -30,6 +30,9 @@ pub struct RawPolicy {
     /// Policy-wide size limits on the URL and headers (414 / 431).
     #[serde(default)]
     pub request_limits: Option<crate::validate::RawLimits>,
+    /// Level of the one-line JSON record logged per denied request.
+    #[serde(default)]
+    pub deny_log: Option<RawLogLevel>,
     /// Hold a request's headers until its body passed validation. Needs the Envoy Wasm
     /// filter setting `allow_on_headers_stop_iteration: true`.
     #[serde(default)]
@@ -102,6 +105,15 @@ pub struct RawCost {
     pub default: Option<u64>,
     #[serde(default)]
     pub methods: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogLevel {
+    Off,
+    Debug,
+    Info,
+    Warn,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
