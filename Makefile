@@ -93,3 +93,29 @@ bench: deps $(WASM)
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	$(PY) bench/run.py
 	cargo bench --bench core
+
+# --- fuzz: `make fuzz` FUZZ_SECONDS per target; `make fuzz-smoke` 10 s each (for make test). cargo-fuzz on nightly, fuzz/ is its own
+# workspace. Corpora grow in fuzz/corpus/ (seeded from fuzz/seeds/), crashers land in
+# fuzz/artifacts/; keep each in fuzz/regressions/<target>/ (tests/fuzz_regressions.rs replays them).
+.PHONY: fuzz fuzz-smoke fuzz-deps
+FUZZ_TARGETS ?= token policy path body bucket engine
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS   := -rss_limit_mb=4096 -timeout=20 -print_final_stats=1
+
+fuzz-deps:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+define fuzz_run
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		echo "== fuzz $$t: $(1) s"; \
+		cargo +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(1) $(FUZZ_FLAGS); \
+	done
+endef
+
+fuzz: fuzz-deps
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-smoke: fuzz-deps
+	$(call fuzz_run,10)
