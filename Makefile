@@ -60,7 +60,8 @@ unit:
 
 e2e: deps $(WASM)
 	$(PY) envoy/render.py --check
-	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) \
+	cargo build --bin apiguard
+	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath target/debug/apiguard) \
 		$(PY) -m pytest e2e -q -p no:cacheprovider
 
 test: deps unit e2e
