@@ -64,7 +64,8 @@ e2e: deps $(WASM)
 	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath target/debug/apiguard) \
 		$(PY) -m pytest e2e -q -p no:cacheprovider
 
-test: deps unit e2e
+# fuzz-smoke last: a crash it finds fails the run, after the functional tests reported.
+test: deps unit e2e fuzz-smoke
 
 lint: .wasm-target.stamp
 	cargo fmt --all -- --check
@@ -92,15 +93,18 @@ oci: $(WASM)
 bench: deps $(WASM)
 	command -v wrk || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	cd bench/noop-filter && cargo build --release --target $(WASM_TARGET)
 	$(PY) bench/run.py
 	cargo bench --bench core
 
-# --- fuzz: `make fuzz` FUZZ_SECONDS per target; `make fuzz-smoke` 10 s each (for make test). cargo-fuzz on nightly, fuzz/ is its own
+# --- fuzz: `make fuzz` FUZZ_SECONDS per target; `make fuzz-smoke` FUZZ_SMOKE_SECONDS each (part of
+# make test). cargo-fuzz on nightly (both installed here if missing), fuzz/ is its own
 # workspace. Corpora grow in fuzz/corpus/ (seeded from fuzz/seeds/), crashers land in
 # fuzz/artifacts/; keep each in fuzz/regressions/<target>/ (tests/fuzz_regressions.rs replays them).
 .PHONY: fuzz fuzz-smoke fuzz-deps
 FUZZ_TARGETS ?= token policy path body bucket engine
 FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_FLAGS   := -rss_limit_mb=4096 -timeout=20 -print_final_stats=1
 
 fuzz-deps:
@@ -119,4 +123,4 @@ fuzz: fuzz-deps
 	$(call fuzz_run,$(FUZZ_SECONDS))
 
 fuzz-smoke: fuzz-deps
-	$(call fuzz_run,10)
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))

@@ -4,7 +4,11 @@
 //! * `jwt/verify/<alg>`: `jwt::verify` with `NoHostCrypto` (pure-Rust signature path), one
 //!   token per algorithm minted once with the demo keys in `envoy/demo/`;
 //! * `validate/body_1k`: `RouteValidation::check_body` on a ~1 KB JSON body;
-//! * `ratelimit/acquire`: `ratelimit::acquire` against an in-bench `SharedStore`.
+//! * `ratelimit/acquire`: `ratelimit::acquire` against an in-bench `SharedStore`;
+//! * `engine/<case>`: one whole `Engine::on_request_headers` decision with the policy of the
+//!   Envoy benchmark (bench/run.py): a public GET, and a GET with a cached RS256 token, the
+//!   scope check and a rate limit keyed by `sub` (what apiguard does per request besides
+//!   the Envoy host calls).
 //!
 //! Run: `cargo bench --bench core` (or `make bench`, which also runs the Envoy benchmark).
 #![allow(
@@ -19,8 +23,10 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use apiguard::host::{CasError, NoHostCrypto, SharedStore};
+use apiguard::engine::{Engine, Host, KnownPeer, Metrics, RequestHead};
+use apiguard::host::{CasError, Clock, NoHostCrypto, SharedStore};
 use apiguard::jwt::{self, Alg, Jwks, Rules};
+use apiguard::policy::Policy;
 use apiguard::ratelimit::{self, LimitSpec};
 use apiguard::routes::{CompiledRoute, PathMatch, RouteTable};
 use apiguard::validate::raw::RawValidate;
@@ -234,11 +240,126 @@ fn bench_ratelimit(c: &mut Criterion) {
     g.finish();
 }
 
+// --- engine ---------------------------------------------------------------------------
+
+/// Time stands still: the bench's bucket (capacity 1e9) never runs dry, and millions of
+/// iterations must not age the token past `exp`.
+struct FixedClock(u64);
+
+impl Clock for FixedClock {
+    fn now_millis(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Counts like the glue does: a name lookup per increment.
+#[derive(Default)]
+struct NamedCounters(HashMap<String, u64>);
+
+impl Metrics for NamedCounters {
+    fn incr(&mut self, name: &str) {
+        match self.0.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                self.0.insert(name.to_string(), 1);
+            }
+        }
+    }
+}
+
+fn bench_engine(c: &mut Criterion) {
+    let jwks: serde_json::Value = serde_json::from_slice(&demo("jwks.json")).unwrap();
+    let policy = json!({
+        "realm": "bench",
+        "unmatched": "deny",
+        "providers": [{"name": "demo", "issuer": ISSUER, "audiences": ["api.demo"],
+                       "jwks": {"inline": jwks}}],
+        "limits": [{"name": "huge", "capacity": 1_000_000_000u64,
+                    "refill": {"tokens": 1_000_000_000u64, "period_seconds": 1},
+                    "key": [{"claim": "sub"}], "max_buckets": 20_000}],
+        "routes": [
+            {"name": "public", "match": {"path": "/public", "methods": ["GET"]}, "public": true},
+            {"name": "list-items", "match": {"path": "/items", "methods": ["GET"]},
+             "providers": ["demo"], "scopes": {"all_of": ["items:read"]}, "limits": ["huge"]},
+        ],
+    });
+    let policy = Policy::from_json(policy.to_string().as_bytes()).unwrap();
+    let mut engine = Engine::new(std::rc::Rc::new(policy));
+    let token = jwt::mint::mint(
+        Alg::RS256,
+        &demo("rs256.pem"),
+        Some("demo-rs256"),
+        &json!({"iss": ISSUER, "aud": "api.demo", "sub": "bench-user",
+                "scope": "items:read items:write", "iat": NOW - 10, "exp": NOW + 3600}),
+    )
+    .unwrap();
+    // What curl/wrk send, plus the headers Envoy adds before the filter chain.
+    let base_headers = |extra: Option<(String, String)>| -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = [
+            (":authority", "127.0.0.1:10000"),
+            (":method", "GET"),
+            (":scheme", "http"),
+            ("user-agent", "wrk"),
+            ("accept", "*/*"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "6f1d9c3e-2a4b-4c5d-8e7f-0123456789ab"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        h.extend(extra);
+        h
+    };
+    let store = Store::default();
+    let clock = FixedClock(NOW * 1000);
+    let host = Host {
+        clock: &clock,
+        crypto: &NoHostCrypto,
+        store: &store,
+    };
+    let mut metrics = NamedCounters::default();
+    let mut g = c.benchmark_group("engine");
+    for (name, path, headers) in [
+        ("public_get", "/public", base_headers(None)),
+        (
+            "rs256_cached_scope_limit",
+            "/items",
+            base_headers(Some(("authorization".into(), format!("Bearer {token}")))),
+        ),
+    ] {
+        let view: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let head = RequestHead {
+            method: "GET",
+            path,
+            headers: &view,
+            request_id: Some("6f1d9c3e-2a4b-4c5d-8e7f-0123456789ab"),
+            peer: &KnownPeer {
+                address: Some("127.0.0.1:40000"),
+                uri_san: None,
+                subject: None,
+            },
+            end_of_stream: true,
+        };
+        let first = engine.on_request_headers(&head, &host, &mut metrics);
+        if let apiguard::engine::Verdict::Deny(d) = &first.verdict {
+            panic!("{name}: {} {}", d.status, d.reason);
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| engine.on_request_headers(black_box(&head), &host, &mut metrics))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_routes,
     bench_jwt,
     bench_validate,
-    bench_ratelimit
+    bench_ratelimit,
+    bench_engine
 );
 criterion_main!(benches);

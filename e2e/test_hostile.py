@@ -195,8 +195,6 @@ def test_path_confusion_never_reaches_a_protected_route(envoys, good, which):
     alive(envoy, good)
 
 
-@pytest.mark.xfail(strict=True, reason="apiguard passes percent-encoded overlong UTF-8 dots "
-                   "(%c0%ae = '.') upstream; a legacy decoder reads /public/%c0%ae%c0%ae/admin as /admin")
 @pytest.mark.parametrize("which", ["normal", "raw"])
 def test_path_confusion_overlong_utf8_dots(envoys, good, which):
     envoy = envoys[which]

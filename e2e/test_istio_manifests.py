@@ -75,6 +75,17 @@ def test_wasmplugin_matches_the_crd_schema(name):
     (lambda s: s.update(vmConfig={"env": [{"value": "x"}]}), "vmConfig"),
     (lambda s: s.update(targetRefs=[{"kind": "Gateway", "name": "gw"}]), "spec"),  # with selector
     (lambda s: s.pop("url"), "spec"),
+    # The CRD's CEL rules (x-kubernetes-validations), as the schema states them:
+    (lambda s: s.update(targetRef={"kind": "Service", "name": "api"}), "spec"),  # with selector
+    (lambda s: s["selector"]["matchLabels"].update({"": "x"}), "selector"),
+    (lambda s: s["selector"]["matchLabels"].update({"app": "api-*"}), "selector"),
+    (lambda s: s.update(vmConfig={"env": [{"name": "A", "valueFrom": "HOST", "value": "x"}]}),
+     "vmConfig"),
+    (lambda s: (s.pop("selector"), s.update(targetRefs=[{"kind": "Deployment", "name": "api"}])),
+     "targetRefs"),
+    (lambda s: (s.pop("selector"),
+                s.update(targetRefs=[{"kind": "Service", "name": "api", "namespace": "other"}])),
+     "targetRefs"),
 ])
 def test_schema_refuses_what_the_api_server_refuses(mutate, where):
     (doc,) = load("wasmplugin.yaml")
@@ -217,6 +228,27 @@ def test_oci_layout(tmp_path, variant):
     # The WasmPlugin sha256 field pattern accepts what the script prints.
     for digest in (out["wasm_sha256"], out["manifest_digest"].split(":")[1]):
         assert len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
+def test_oci_default_is_what_istio_pulls(tmp_path):
+    """Istio's fetcher (pkg/wasm/imagefetcher.go) takes the image's last layer: Docker or OCI
+    tar+gzip holding `plugin.wasm`, or the two-layer `vnd.module.wasm` variant. The default
+    image must be the first kind, and `sha256` for an oci:// URL is the manifest digest."""
+    import gzip
+    import io
+
+    out = run_oci(tmp_path, WASM)
+    assert out["variant"] == "compat"
+    root = tmp_path / "oci"
+    (mdesc,) = json.loads((root / "index.json").read_text())["manifests"]
+    manifest_bytes = blob(root, mdesc)
+    assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == out["manifest_digest"]
+    last = json.loads(manifest_bytes)["layers"][-1]
+    assert last["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(root, last)))) as t:
+        member = next(m for m in t.getmembers() if pathlib.PurePath(m.name).name == "plugin.wasm")
+        module = t.extractfile(member).read()
+    assert module == WASM and module[:4] == b"\0asm"
 
 
 def test_oci_is_reproducible(tmp_path):

@@ -10,11 +10,14 @@ Writes
 and prints the digests the Istio WasmPlugin needs.
 
 Variants
-  wasm    (default) the Wasm OCI artifact: one layer, the raw module, media type
+  compat  (default) the "compat" variant of the Wasm image spec: an ordinary OCI image whose
+          single tar+gzip layer holds /plugin.wasm (annotation module.wasm.image/variant=compat).
+          This is what Istio pulls: its fetcher (istio/istio pkg/wasm/imagefetcher.go) accepts
+          a Docker or OCI tar+gzip last layer holding plugin.wasm, or the two-layer
+          application/vnd.module.wasm.content.layer.v1+wasm variant, and nothing else.
+  wasm    the CNCF Wasm OCI artifact: one layer, the raw module, media type
           application/vnd.wasm.content.layer.v1+wasm; config application/vnd.wasm.config.v1+json.
-  compat  the "compat" variant of the Wasm image spec: an ordinary OCI image whose single
-          tar+gzip layer holds /plugin.wasm (annotation module.wasm.image/variant=compat).
-          Every registry and every Istio release that pulls Wasm understands it.
+          For runtimes that pull that format; Istio's fetcher refuses it.
 
 Push the layout with any OCI tool, e.g.
   oras cp --from-oci-layout dist/oci:<tag> ghcr.io/<org>/apiguard:<tag>
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "dist" / "oci")
     ap.add_argument("--tar", type=pathlib.Path, default=REPO / "dist" / "apiguard-oci.tar")
     ap.add_argument("--tag", default="latest")
-    ap.add_argument("--variant", choices=("wasm", "compat"), default="wasm")
+    ap.add_argument("--variant", choices=("wasm", "compat"), default="compat")
     ap.add_argument("--git-revision", default=None)
     ap.add_argument("--json", action="store_true", help="print the digests as JSON only")
     args = ap.parse_args(argv)

@@ -12,13 +12,10 @@ pub enum Found {
 }
 
 /// Extracts the credential of one source. `headers` have lowercase names.
-pub fn extract(source: &TokenSource, headers: &[(String, String)], query: &str) -> Found {
+pub fn extract(source: &TokenSource, headers: &[(&str, &str)], query: &str) -> Found {
     match source {
         TokenSource::Header { name, prefix } => {
-            let mut values = headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str());
+            let mut values = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| *v);
             let (Some(value), None) = (values.next(), values.next()) else {
                 return if headers.iter().any(|(n, _)| n == name) {
                     Found::Ambiguous
@@ -103,10 +100,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn cookies(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+fn cookies<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
     headers
         .iter()
-        .filter(|(n, _)| n == "cookie")
+        .filter(|(n, _)| *n == "cookie")
         .flat_map(|(_, v)| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .map(|(k, v)| (k.trim(), v.trim()))
@@ -127,7 +124,7 @@ pub fn path_without_query_param(path: &str, query: &str, param: &str) -> String 
 }
 
 /// The `cookie` header without cookie `name`; None when nothing is left.
-pub fn cookie_header_without(headers: &[(String, String)], name: &str) -> Option<String> {
+pub fn cookie_header_without(headers: &[(&str, &str)], name: &str) -> Option<String> {
     let kept: Vec<String> = cookies(headers)
         .filter(|(k, _)| *k != name)
         .map(|(k, v)| format!("{k}={v}"))
@@ -139,11 +136,8 @@ pub fn cookie_header_without(headers: &[(String, String)], name: &str) -> Option
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     fn bearer() -> TokenSource {

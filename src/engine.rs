@@ -27,15 +27,45 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// `:path`, query included.
     pub path: &'a str,
-    pub headers: &'a [(String, String)],
+    /// Lowercase names (as Envoy hands them over), values as received, borrowed from the
+    /// host's header buffer.
+    pub headers: &'a [(&'a str, &'a str)],
     pub request_id: Option<&'a str>,
-    /// First URI SAN and subject of the client certificate Envoy verified (mTLS), if any.
-    pub peer_uri_san: Option<&'a str>,
-    pub peer_subject: Option<&'a str>,
-    /// The downstream connection's address (`ip:port`), for `client_ip` limit keys.
-    pub peer_address: Option<&'a str>,
+    /// The downstream connection, asked only when a rule needs it.
+    pub peer: &'a dyn Peer,
     /// The headers ended the stream: there is no body.
     pub end_of_stream: bool,
+}
+
+/// What the host knows about the downstream connection. Each lookup is a host call, so the
+/// engine asks only when a route needs it (client-certificate principals, `client_ip` keys).
+pub trait Peer {
+    /// The connection's remote address (`ip:port`).
+    fn address(&self) -> Option<String>;
+    /// First URI SAN of the client certificate Envoy verified (mTLS).
+    fn uri_san(&self) -> Option<String>;
+    /// Subject of the client certificate Envoy verified.
+    fn subject(&self) -> Option<String>;
+}
+
+/// A peer whose facts are known up front (tests, benchmarks, fuzzing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KnownPeer<'a> {
+    pub address: Option<&'a str>,
+    pub uri_san: Option<&'a str>,
+    pub subject: Option<&'a str>,
+}
+
+impl Peer for KnownPeer<'_> {
+    fn address(&self) -> Option<String> {
+        self.address.map(str::to_string)
+    }
+    fn uri_san(&self) -> Option<String> {
+        self.uri_san.map(str::to_string)
+    }
+    fn subject(&self) -> Option<String> {
+        self.subject.map(str::to_string)
+    }
 }
 
 /// Changes to make to an allowed request before it goes upstream.
@@ -258,7 +288,7 @@ impl Engine {
             remove_headers: policy
                 .owned_headers
                 .iter()
-                .filter(|h| req.headers.iter().any(|(n, _)| n == *h))
+                .filter(|h| req.headers.iter().any(|(n, _)| n == h))
                 .cloned()
                 .collect(),
             ..Mutations::default()
@@ -534,12 +564,13 @@ impl Engine {
                     let Some(set) = policy.cert_sets.get(id) else {
                         continue;
                     };
-                    if req.peer_uri_san.is_none() && req.peer_subject.is_none() {
+                    let (uri_san, subject) = (req.peer.uri_san(), req.peer.subject());
+                    if uri_san.is_none() && subject.is_none() {
                         continue;
                     }
-                    if set.admits(req.peer_uri_san, req.peer_subject) {
+                    if set.admits(uri_san.as_deref(), subject.as_deref()) {
                         return Ok(Principal::ClientCert {
-                            claims: cert_claims(req.peer_uri_san, req.peer_subject),
+                            claims: cert_claims(uri_san.as_deref(), subject.as_deref()),
                         });
                     }
                     // TLS client authentication has no HTTP challenge: a certificate
@@ -605,8 +636,11 @@ fn apply_limits(
             .map(|part| match part {
                 KeyPart::ClientIp { trusted_hops } => {
                     let xff = joined_header(req.headers, "x-forwarded-for");
-                    let peer = req.peer_address.unwrap_or("");
-                    format!("ip={}", key::client_ip(xff.as_deref(), *trusted_hops, peer))
+                    let peer = req.peer.address().unwrap_or_default();
+                    format!(
+                        "ip={}",
+                        key::client_ip(xff.as_deref(), *trusted_hops, &peer)
+                    )
                 }
                 KeyPart::Claim(path) => format!(
                     "claim={}",
@@ -640,13 +674,19 @@ fn apply_limits(
                 shared_slot,
                 ..
             } => {
-                metrics.incr(&format!("apiguard.ratelimit.{name}.allowed"));
+                metrics.incr(&limit.counters.allowed);
                 if shared_slot {
-                    metrics.incr(&format!("apiguard.ratelimit.{name}.shared_slot"));
+                    metrics.incr(&limit.counters.shared_slot);
                 }
-                let reset =
-                    headers::ratelimit_header(name, remaining, headers::ms_to_secs_ceil(reset_ms));
-                if tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r) {
+                // Formatted only when it will be sent: this runs on every allowed request.
+                if policy.ratelimit_headers_on_allow
+                    && tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r)
+                {
+                    let reset = headers::ratelimit_header(
+                        name,
+                        remaining,
+                        headers::ms_to_secs_ceil(reset_ms),
+                    );
                     tightest = Some((remaining, reset, &limit.policy_header));
                 }
             }
@@ -657,9 +697,9 @@ fn apply_limits(
                 shared_slot,
                 ..
             } => {
-                metrics.incr(&format!("apiguard.ratelimit.{name}.limited"));
+                metrics.incr(&limit.counters.limited);
                 if shared_slot {
-                    metrics.incr(&format!("apiguard.ratelimit.{name}.shared_slot"));
+                    metrics.incr(&limit.counters.shared_slot);
                 }
                 let mut d =
                     Denial::new(429, "rate_limited", format!("rate limit `{name}` exceeded"));
@@ -680,12 +720,11 @@ fn apply_limits(
                 return Err(Box::new(d));
             }
             Acquire::StoreFailed { allowed, .. } | Acquire::TableFull { allowed, .. } => {
-                let what = if matches!(result, Acquire::StoreFailed { .. }) {
-                    "store_failure"
+                metrics.incr(if matches!(result, Acquire::StoreFailed { .. }) {
+                    &limit.counters.store_failure
                 } else {
-                    "table_full"
-                };
-                metrics.incr(&format!("apiguard.ratelimit.{name}.{what}"));
+                    &limit.counters.table_full
+                });
                 if !allowed {
                     let mut d = Denial::new(
                         429,
@@ -713,11 +752,11 @@ fn apply_limits(
 }
 
 /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).
-fn joined_header(headers: &[(String, String)], name: &str) -> Option<String> {
+fn joined_header(headers: &[(&str, &str)], name: &str) -> Option<String> {
     let values: Vec<&str> = headers
         .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
         .collect();
     (!values.is_empty()).then(|| values.join(","))
 }

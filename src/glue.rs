@@ -14,7 +14,8 @@ use proxy_wasm::types::{
     Action, BufferType, Bytes, ContextType, LogLevel, MapType, MetricType, Status,
 };
 
-use crate::engine::{BodyCheck, Decision, Engine, Host, Metrics, RequestHead, Verdict};
+use crate::engine::{BodyCheck, Decision, Engine, Host, Metrics, Peer, RequestHead, Verdict};
+use crate::headermap;
 use crate::host::{CasError, Clock, SharedStore, SignatureHost};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
 use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
@@ -57,6 +58,57 @@ impl Clock for HostClock {
 }
 
 struct HostStore;
+
+/// The downstream connection through Envoy's properties; each lookup is a host call of a
+/// few microseconds, made only when the engine asks.
+struct HostPeer;
+
+impl HostPeer {
+    fn property(path: &[&str]) -> Option<String> {
+        hostcalls::get_property(path.to_vec())
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Peer for HostPeer {
+    fn address(&self) -> Option<String> {
+        Self::property(&["source", "address"])
+    }
+    fn uri_san(&self) -> Option<String> {
+        Self::property(&["connection", "uri_san_peer_certificate"])
+    }
+    fn subject(&self) -> Option<String> {
+        Self::property(&["connection", "subject_peer_certificate"])
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The request headers as Envoy serializes them, parsed in place by `headermap` (the SDK's
+/// `get_map_bytes` allocates twice per header and panics on an unexpected status).
+fn request_header_map() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the SDK's exported
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of exactly `size` bytes) and hands over its
+    // ownership, which is what `get_map_bytes` relies on too.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    }
+}
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
@@ -113,7 +165,7 @@ impl SignatureHost for HostCrypto {
 /// Envoy counters, defined on first use.
 #[derive(Default)]
 struct HostMetrics {
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, u32, foldhash::fast::FixedState>,
 }
 
 impl Metrics for HostMetrics {
@@ -449,58 +501,25 @@ impl HttpContext for Request {
             );
             return Action::Pause;
         };
-        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .unwrap_or_default()
-            .into_iter()
-            // Envoy allows obs-text in values; never assume UTF-8.
-            .map(|(k, v)| {
-                (
-                    k.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
+        let raw_headers = request_header_map();
+        let owned = headermap::text_pairs(&raw_headers);
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (&**k, &**v)).collect();
         let pseudo = |name: &str| {
             headers
                 .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("")
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| *v)
         };
         let request_id = headers
             .iter()
-            .find(|(k, _)| k == "x-request-id")
-            .map(|(_, v)| v.as_str());
-        // Only policies that name client-certificate identities pay for these lookups.
-        let needs_peer = !worker.engine.borrow().policy().cert_sets.is_empty();
-        let peer_property = |name: &str| {
-            if !needs_peer {
-                return None;
-            }
-            hostcalls::get_property(vec!["connection", name])
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-                .filter(|v| !v.is_empty())
-        };
-        let peer_uri_san = peer_property("uri_san_peer_certificate");
-        let peer_subject = peer_property("subject_peer_certificate");
-        let peer_address = if worker.engine.borrow().policy().limits.is_empty() {
-            None
-        } else {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-        };
+            .find(|(k, _)| *k == "x-request-id")
+            .map(|(_, v)| *v);
         let head = RequestHead {
             method: pseudo(":method"),
             path: pseudo(":path"),
             headers: &headers,
             request_id,
-            peer_uri_san: peer_uri_san.as_deref(),
-            peer_subject: peer_subject.as_deref(),
-            peer_address: peer_address.as_deref(),
+            peer: &HostPeer,
             end_of_stream,
         };
         let decision = {

@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod credentials;
 pub mod engine;
+pub mod headermap;
 pub mod host;
 pub mod hostcrypto;
 pub mod jwks_sync;

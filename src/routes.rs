@@ -170,7 +170,37 @@ pub fn unsafe_path_reason(path: &str) -> Option<&'static str> {
     if encodes_unreserved(path) {
         return Some("percent-encoded unreserved character in path");
     }
+    match percent_decoded_is_utf8(path) {
+        None => return Some("malformed percent-encoding in path"),
+        // Overlong forms (`%c0%ae` is `.` to a lenient decoder) and stray bytes: an
+        // upstream may decode them into the dots and slashes refused above.
+        Some(false) => return Some("percent-encoding that is not UTF-8 in path"),
+        Some(true) => {}
+    }
     None
+}
+
+/// Whether the path, percent-decoded, is valid UTF-8 (which rules out overlong forms);
+/// `None` if a `%` is not followed by two hex digits.
+fn percent_decoded_is_utf8(path: &str) -> Option<bool> {
+    if !path.contains('%') {
+        return Some(true);
+    }
+    let mut bytes = Vec::with_capacity(path.len());
+    let mut rest = path.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            // Two ASCII hex digits: both conversions succeed.
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = tail.get(2..)?;
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    Some(std::str::from_utf8(&bytes).is_ok())
 }
 
 /// `%XX` that decodes to an RFC 3986 unreserved character (letters, digits, `-._~`).
@@ -377,6 +407,16 @@ mod tests {
             "/public/..;/admin",
             "/%61dmin",
             "/a%7e",
+            // Overlong UTF-8 dots and slashes, stray continuation bytes, bad escapes.
+            "/public/%c0%ae%c0%ae/admin",
+            "/public/%e0%80%ae%e0%80%ae/admin",
+            "/a%c0%af",
+            "/a%80",
+            "/caf%C3",
+            "/a%zz",
+            "/a%+f",
+            "/a%2",
+            "/a%",
             "..",
             "",
             "admin",

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
-use apiguard::engine::{Engine, Host, Metrics, RequestHead, Verdict};
+use apiguard::engine::{Engine, Host, KnownPeer, Metrics, RequestHead, Verdict};
 use apiguard::host::{CasError, Clock, NoHostCrypto, SharedStore};
 use apiguard::jwt::{self, Alg, Jwks, Rules};
 use apiguard::policy::Policy;
@@ -440,14 +440,20 @@ fn decide(
         .iter()
         .find(|(k, _)| k == "x-request-id")
         .map(|(_, v)| v.as_str());
+    let view: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let req = RequestHead {
         method,
         path,
-        headers,
+        headers: &view,
         request_id,
-        peer_uri_san: None,
-        peer_subject: None,
-        peer_address: Some("127.0.0.1:40000"),
+        peer: &KnownPeer {
+            address: Some("127.0.0.1:40000"),
+            uri_san: None,
+            subject: None,
+        },
         end_of_stream,
     };
     let d = engine.on_request_headers(&req, &host, &mut NoMetrics);
@@ -503,14 +509,20 @@ pub fn engine_allows(data: &[u8]) -> bool {
         crypto: &NoHostCrypto,
         store: &store,
     };
+    let view: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let req = RequestHead {
         method,
         path,
-        headers: &headers,
+        headers: &view,
         request_id: None,
-        peer_uri_san: None,
-        peer_subject: None,
-        peer_address: Some("127.0.0.1:40000"),
+        peer: &KnownPeer {
+            address: Some("127.0.0.1:40000"),
+            uri_san: None,
+            subject: None,
+        },
         end_of_stream: body.is_none(),
     };
     let d = engine.on_request_headers(&req, &host, &mut NoMetrics);

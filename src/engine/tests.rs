@@ -59,21 +59,19 @@ fn run(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (Decision, Counted) {
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let clock = FakeClock::at_secs(1_700_000_100);
     let mut m = Counted::default();
     let d = engine.on_request_headers(
         &RequestHead {
             method,
             path,
-            headers: &headers,
+            headers,
             request_id: Some("rid"),
-            peer_uri_san: None,
-            peer_subject: None,
-            peer_address: Some("10.0.0.1:5555"),
+            peer: &KnownPeer {
+                address: Some("10.0.0.1:5555"),
+                uri_san: None,
+                subject: None,
+            },
             end_of_stream: true,
         },
         &Host {
@@ -332,20 +330,18 @@ fn run_peer(
     headers: &[(&str, &str)],
     peer: Option<&str>,
 ) -> Decision {
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let clock = FakeClock::at_secs(1_700_000_100);
     engine.on_request_headers(
         &RequestHead {
             method: "GET",
             path,
-            headers: &headers,
+            headers,
             request_id: None,
-            peer_uri_san: peer,
-            peer_subject: None,
-            peer_address: None,
+            peer: &KnownPeer {
+                address: None,
+                uri_san: peer,
+                subject: None,
+            },
             end_of_stream: true,
         },
         &Host {
@@ -447,16 +443,18 @@ fn limits_admit_capacity_then_429_with_headers() {
     let store = FakeStore::default();
     let clock = FakeClock::at_secs(1_700_000_000);
     let mut go = |xff: &str| {
-        let headers = vec![("x-forwarded-for".to_string(), xff.to_string())];
+        let headers = vec![("x-forwarded-for", xff)];
         e.on_request_headers(
             &RequestHead {
                 method: "GET",
                 path: "/healthz",
                 headers: &headers,
                 request_id: None,
-                peer_uri_san: None,
-                peer_subject: None,
-                peer_address: Some("127.0.0.1:4000"),
+                peer: &KnownPeer {
+                    address: Some("127.0.0.1:4000"),
+                    uri_san: None,
+                    subject: None,
+                },
                 end_of_stream: true,
             },
             &Host {
@@ -519,8 +517,8 @@ fn validation_head_and_body_plan() {
     let (d, _) = run(&mut e, "GET", &format!("/items?x={}", "a".repeat(100)), &[]);
     assert_eq!(denial(&d).status, 414);
     let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("content-length".to_string(), "20".to_string()),
+        ("content-type", "application/json"),
+        ("content-length", "20"),
     ];
     let clock = FakeClock::at_secs(1_700_000_000);
     let store = FakeStore::default();
@@ -531,9 +529,11 @@ fn validation_head_and_body_plan() {
             path: "/items",
             headers: &headers,
             request_id: None,
-            peer_uri_san: None,
-            peer_subject: None,
-            peer_address: None,
+            peer: &KnownPeer {
+                address: None,
+                uri_san: None,
+                subject: None,
+            },
             end_of_stream: false,
         },
         &Host {

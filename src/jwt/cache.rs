@@ -1,32 +1,34 @@
 //! A bounded per-worker cache of verified tokens.
 //!
-//! Entries are keyed by SHA-256 of the token (the token itself is never stored as a key),
-//! the caller's slot id (which provider / rule set verified it) and the key generation (so
-//! a JWKS refresh invalidates everything verified with the old keys). Eviction is
-//! oldest-inserted first; an entry past `exp` (+ skew) is never returned.
+//! Entries are found by a fast 64-bit hash (foldhash, fixed seed) of the token, the
+//! caller's slot id (which provider / rule set verified it) and the key generation (so a
+//! JWKS refresh invalidates everything verified with the old keys), and a hit is confirmed
+//! by comparing the whole token: the hash only picks the bucket, so a collision can never
+//! return another token's identity. This keeps the token in memory (it already passes
+//! through Envoy's header map) and costs about a hundred nanoseconds where a SHA-256 key
+//! cost microseconds in Wasm, which has no SHA instructions. Only verified tokens are
+//! inserted, so an attacker cannot fill a bucket with colliding entries.
 //!
-//! Ordered maps rather than hash maps: no per-process random seed is needed in the VM, and
-//! the keys are already uniformly distributed hashes.
+//! Eviction is oldest-inserted first; an entry past `exp` (+ skew) is never returned.
 
 use super::{still_valid, Rules, Verified};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use foldhash::fast::FixedState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct CacheKey {
-    digest: [u8; 32],
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
     slot: usize,
     generation: u64,
+    seq: u64,
+    verified: Rc<Verified>,
 }
 
-impl CacheKey {
-    fn new(slot: usize, generation: u64, token: &str) -> Self {
-        CacheKey {
-            digest: Sha256::digest(token.as_bytes()).into(),
-            slot,
-            generation,
-        }
+impl Entry {
+    fn is(&self, slot: usize, generation: u64, token: &str) -> bool {
+        self.slot == slot && self.generation == generation && &*self.token == token
     }
 }
 
@@ -34,10 +36,16 @@ impl CacheKey {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     capacity: usize,
+    len: usize,
     next_seq: u64,
-    entries: BTreeMap<CacheKey, (u64, Rc<Verified>)>,
-    /// Insertion sequence -> key, to find the oldest entry.
-    order: BTreeMap<u64, CacheKey>,
+    /// Hash → the entries with that hash (almost always one).
+    buckets: HashMap<u64, Vec<Entry>, FixedState>,
+    /// Insertion sequence → hash, to find the oldest entry.
+    order: BTreeMap<u64, u64>,
+}
+
+fn hash_of(slot: usize, generation: u64, token: &str) -> u64 {
+    FixedState::default().hash_one((slot, generation, token))
 }
 
 impl TokenCache {
@@ -62,14 +70,17 @@ impl TokenCache {
         if self.capacity == 0 {
             return None;
         }
-        let key = CacheKey::new(slot, generation, token);
-        let (seq, v) = self.entries.get(&key)?;
-        if still_valid(v, rules, now_secs) {
-            return Some(Rc::clone(v));
+        let hash = hash_of(slot, generation, token);
+        let entry = self
+            .buckets
+            .get(&hash)?
+            .iter()
+            .find(|e| e.is(slot, generation, token))?;
+        if still_valid(&entry.verified, rules, now_secs) {
+            return Some(Rc::clone(&entry.verified));
         }
-        let seq = *seq;
-        self.entries.remove(&key);
-        self.order.remove(&seq);
+        let seq = entry.seq;
+        self.remove(hash, seq);
         None
     }
 
@@ -78,34 +89,61 @@ impl TokenCache {
         if self.capacity == 0 {
             return;
         }
-        let key = CacheKey::new(slot, generation, token);
-        if let Some((old_seq, _)) = self.entries.remove(&key) {
-            self.order.remove(&old_seq);
+        let hash = hash_of(slot, generation, token);
+        let existing = self
+            .buckets
+            .get(&hash)
+            .and_then(|b| b.iter().find(|e| e.is(slot, generation, token)))
+            .map(|e| e.seq);
+        if let Some(seq) = existing {
+            self.remove(hash, seq);
         }
-        while self.entries.len() >= self.capacity {
-            let Some((_, oldest)) = self.order.pop_first() else {
+        while self.len >= self.capacity {
+            let Some((seq, oldest)) = self.order.pop_first() else {
                 break;
             };
-            self.entries.remove(&oldest);
+            self.order.insert(seq, oldest);
+            self.remove(oldest, seq);
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.entries.insert(key, (seq, v));
-        self.order.insert(seq, key);
+        self.buckets.entry(hash).or_default().push(Entry {
+            token: token.into(),
+            slot,
+            generation,
+            seq,
+            verified: v,
+        });
+        self.order.insert(seq, hash);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, hash: u64, seq: u64) {
+        self.order.remove(&seq);
+        let Some(bucket) = self.buckets.get_mut(&hash) else {
+            return;
+        };
+        let before = bucket.len();
+        bucket.retain(|e| e.seq != seq);
+        self.len -= before - bucket.len();
+        if bucket.is_empty() {
+            self.buckets.remove(&hash);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Drops every entry (e.g. on configuration change).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.buckets.clear();
         self.order.clear();
+        self.len = 0;
     }
 }
 
@@ -185,9 +223,23 @@ mod tests {
             c.insert(0, 0, &format!("t{i}"), verified(Some(1000)));
             assert!(c.len() <= 3);
         }
-        assert_eq!(c.order.len(), c.entries.len());
+        assert_eq!(c.order.len(), c.len());
+        assert_eq!(c.buckets.values().map(Vec::len).sum::<usize>(), c.len());
         c.clear();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_hash_collision_never_returns_another_token() {
+        let mut c = TokenCache::new(8);
+        let r = rules(60);
+        // Force two tokens into one bucket, as a colliding hash would.
+        c.insert(0, 0, "alice", verified(Some(1000)));
+        let hash = hash_of(0, 0, "alice");
+        let alice = c.buckets.remove(&hash).unwrap_or_default();
+        let mallory_hash = hash_of(0, 0, "mallory");
+        c.buckets.insert(mallory_hash, alice);
+        assert!(c.get(0, 0, "mallory", &r, 0).is_none());
     }
 
     #[test]

@@ -149,6 +149,31 @@ pub struct Limit {
     pub cost_by_method: Vec<(String, u64)>,
     /// Precomputed `RateLimit-Policy` item.
     pub policy_header: String,
+    /// Stat names, built once rather than formatted per request.
+    pub counters: LimitCounters,
+}
+
+/// `apiguard.ratelimit.<name>.<outcome>` for one limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCounters {
+    pub allowed: String,
+    pub limited: String,
+    pub shared_slot: String,
+    pub store_failure: String,
+    pub table_full: String,
+}
+
+impl LimitCounters {
+    fn new(name: &str) -> Self {
+        let counter = |what: &str| format!("apiguard.ratelimit.{name}.{what}");
+        LimitCounters {
+            allowed: counter("allowed"),
+            limited: counter("limited"),
+            shared_slot: counter("shared_slot"),
+            store_failure: counter("store_failure"),
+            table_full: counter("table_full"),
+        }
+    }
 }
 
 impl Limit {
@@ -889,6 +914,7 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
     };
     (errors.len() == start).then(|| Limit {
         policy_header: policy_for(&spec),
+        counters: LimitCounters::new(&spec.name),
         spec,
         key,
         cost_default,

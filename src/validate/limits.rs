@@ -39,7 +39,7 @@ impl Limits {
 
     /// `url` is `:path` with its query; `headers` all request headers (pseudo-headers too;
     /// they are not counted by `max_headers` but each is held to `max_header_bytes`).
-    pub fn check(&self, url: &str, headers: &[(String, String)]) -> Result<(), Failure> {
+    pub fn check(&self, url: &str, headers: &[(&str, &str)]) -> Result<(), Failure> {
         if let Some(max) = self.max_url_bytes {
             if url.len() as u64 > max {
                 return Err(Failure::one(

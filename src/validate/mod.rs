@@ -276,7 +276,7 @@ impl RouteValidation {
     /// and announced length (413).
     pub fn check_head(
         &self,
-        headers: &[(String, String)],
+        headers: &[(&str, &str)],
         query: &str,
         path_params: &[(String, String)],
         content_type: Option<&str>,

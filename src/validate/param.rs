@@ -469,16 +469,12 @@ impl ParamRule {
     }
 }
 
-pub(crate) fn check_headers(
-    rules: &[ParamRule],
-    headers: &[(String, String)],
-    errors: &mut Errors,
-) {
+pub(crate) fn check_headers(rules: &[ParamRule], headers: &[(&str, &str)], errors: &mut Errors) {
     for rule in rules {
         let values: Vec<&str> = headers
             .iter()
             .filter(|(n, _)| *n == rule.name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| *v)
             .collect();
         rule.check_all(&values, errors);
     }

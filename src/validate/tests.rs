@@ -20,7 +20,11 @@ fn paths(errors: &[(String, String)]) -> Vec<&str> {
     errors.iter().map(|(p, _)| p.as_str()).collect()
 }
 
-fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pairs.to_vec()
+}
+
+fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -81,7 +85,7 @@ fn the_documented_example_compiles() {
         .check_head(
             &h(&[("x-request-id", UUID)]),
             "limit=10&sort=asc",
-            &h(&[("id", "7")]),
+            &params(&[("id", "7")]),
             Some("application/json"),
             Some(20),
         )
@@ -230,7 +234,7 @@ fn required_and_forbidden_headers() {
         .check_head(
             &h(&[("x-debug", "1")]),
             "",
-            &h(&[("id", "1")]),
+            &params(&[("id", "1")]),
             None,
             Some(0),
         )
@@ -433,7 +437,7 @@ fn unknown_query_parameters() {
 #[test]
 fn path_parameters_are_decoded_and_typed() {
     let v = compile(json!({"path": {"id": {"type": "integer", "minimum": 1}}}));
-    let head = |id: &str| v.check_head(&[], "", &h(&[("id", id)]), None, Some(0));
+    let head = |id: &str| v.check_head(&[], "", &params(&[("id", id)]), None, Some(0));
     head("42").unwrap();
     head("%34%32").unwrap();
     for (bad, rule) in [
@@ -452,7 +456,7 @@ fn path_parameters_are_decoded_and_typed() {
 fn errors_from_all_parameter_kinds_come_together() {
     let v = compile(example());
     let f = v
-        .check_head(&[], "limit=0&zzz=1", &h(&[("id", "x")]), None, Some(0))
+        .check_head(&[], "limit=0&zzz=1", &params(&[("id", "x")]), None, Some(0))
         .unwrap_err();
     assert_eq!(f.reason, "invalid_header");
     assert_eq!(
@@ -924,7 +928,7 @@ mod no_panics {
         #[test]
         fn check_head_never_panics(q in ".{0,40}", id in ".{0,10}", a in ".{0,40}", n in "[-+.e0-9a-z]{0,10}", ct in proptest::option::of(".{0,30}"), len in proptest::option::of(0u64..2_000_000)) {
             let v = route();
-            let _ = v.check_head(&h(&[("x-a", &a), ("x-n", &n)]), &q, &h(&[("id", &id)]), ct.as_deref(), len);
+            let _ = v.check_head(&h(&[("x-a", &a), ("x-n", &n)]), &q, &params(&[("id", &id)]), ct.as_deref(), len);
         }
 
         #[test]
