@@ -190,7 +190,9 @@ fn percent_decoded_is_utf8(path: &str) -> Option<bool> {
     let mut rest = path.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {
         if b == b'%' {
-            let hex = tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            let hex = tail
+                .get(..2)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
             // Two ASCII hex digits: both conversions succeed.
             let hex = std::str::from_utf8(hex).ok()?;
             bytes.push(u8::from_str_radix(hex, 16).ok()?);
