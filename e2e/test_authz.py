@@ -511,6 +511,18 @@ def test_access_log_decision_record(envoy, keys):
         assert line.endswith(f"principal={want.get('principal', rec.get('principal'))}"), line
 
 
+def test_decision_record_off_writes_nothing(module_envoy_factory, keys):
+    """`decision_record: false` skips the filter-state write: the access log shows `-`,
+    and the verdict is the same."""
+    policy = {**make_policy(keys), "decision_record": False}
+    envoy = module_envoy_factory.make(policy, concurrency=1, access_log=ACCESS_LOG)
+    for path, headers, status in (("/healthz", {}, "200"), ("/items/1", {}, "401")):
+        t = tid()
+        assert envoy.get(path, {**headers, "X-Test-Id": t}).status == int(status)
+        line = decision_line(envoy, t)
+        assert line == f"id={t} status={status} -", line
+
+
 # --- mTLS ------------------------------------------------------------------------------------
 
 SPIFFE = "spiffe://cluster.local/ns/shop/sa/"

@@ -669,8 +669,14 @@ impl Request {
             .as_ref()
             .is_some_and(|w| w.engine.borrow().policy().hold_headers_for_body);
         // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
-        let record = decision_record(&decision);
-        let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
+        if self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.engine.borrow().policy().decision_record)
+        {
+            let record = decision_record(&decision);
+            let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
+        }
         match decision.verdict {
             Verdict::Allow(m) => {
                 for name in &m.remove_headers {

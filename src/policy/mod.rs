@@ -58,6 +58,8 @@ pub struct Policy {
     pub deny_log: Option<raw::RawLogLevel>,
     /// Pause at the headers while a body is validated (see `RawPolicy`).
     pub hold_headers_for_body: bool,
+    /// Write `apiguard_decision` to filter state (a host call of ~3 µs per request).
+    pub decision_record: bool,
     pub request_limits: Option<crate::validate::Limits>,
     pub routes: RouteTable<Route>,
     pub token_cache_size: usize,
@@ -371,6 +373,7 @@ impl TryFrom<Value> for Policy {
             limits,
             ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
             hold_headers_for_body: raw.hold_headers_for_body,
+            decision_record: raw.decision_record.unwrap_or(true),
             deny_log: match raw.deny_log {
                 Some(RawLogLevel::Off) => None,
                 Some(level) => Some(level),

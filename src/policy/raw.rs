@@ -40,6 +40,9 @@ pub struct RawPolicy {
     /// Send `RateLimit` / `RateLimit-Policy` on allowed responses too, not only on 429.
     #[serde(default)]
     pub ratelimit_headers_on_allow: bool,
+    /// Write the per-request decision record to Envoy filter state (default true).
+    #[serde(default)]
+    pub decision_record: Option<bool>,
     #[serde(default)]
     pub routes: Vec<Value>,
 }

@@ -27,6 +27,8 @@ fn minimal_policy_compiles_with_defaults() {
     .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(p.realm, "apiguard");
     assert_eq!(p.unmatched, Unmatched::Deny);
+    assert!(p.decision_record);
+    assert!(!p.hold_headers_for_body && !p.ratelimit_headers_on_allow);
     let prov = &p.providers[0];
     assert_eq!(prov.rules.clock_skew_secs, 60);
     assert!(prov.rules.require_exp);
