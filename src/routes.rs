@@ -150,9 +150,9 @@ pub fn unsafe_path_reason(path: &str) -> Option<&'static str> {
         return Some("fragment in path");
     }
     let lower = path.to_ascii_lowercase();
-    for encoded in ["%2f", "%2e", "%5c", "%00", "%25"] {
+    for encoded in ["%2f", "%2e", "%5c", "%00", "%25", "%3b"] {
         if lower.contains(encoded) {
-            return Some("encoded /, ., \\, NUL or % in path");
+            return Some("encoded /, ., \\, ;, NUL or % in path");
         }
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
@@ -409,6 +409,8 @@ mod tests {
             "/public/..;/admin",
             "/%61dmin",
             "/a%7e",
+            "/admin%3bx=1",
+            "/admin%3Bx=1",
             // Overlong UTF-8 dots and slashes, stray continuation bytes, bad escapes.
             "/public/%c0%ae%c0%ae/admin",
             "/public/%e0%80%ae%e0%80%ae/admin",

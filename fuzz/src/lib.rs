@@ -190,6 +190,17 @@ pub fn path(data: &[u8]) {
         assert!(input.starts_with('/'));
         assert!(!input.split('/').any(|s| s == "." || s == ".."));
         assert!(!input.contains("//") && !input.contains('\\') && !input.contains('#'));
+        // Nor does anything a lenient upstream decoder (percent-decoding, then overlong
+        // UTF-8 forms of ASCII, backslash as slash) would read as another path.
+        let seen = lenient_decode(path);
+        assert!(
+            !seen.split(|&b| b == b'/').any(|s| s == b"." || s == b".."),
+            "{input:?} decodes to a dot segment"
+        );
+        assert!(
+            !seen.windows(2).any(|w| w == b"//") && !seen.contains(&b';') && !seen.contains(&0),
+            "{input:?} decodes to {seen:?}"
+        );
     }
     for method in ["GET", "POST", "DELETE", "OPTIONS", "HEAD", "get"] {
         let got = route_table().lookup(method, path);
@@ -220,6 +231,54 @@ pub fn path(data: &[u8]) {
             ),
         }
     }
+}
+
+/// What a lenient legacy decoder makes of a path: `%XX` decoded (malformed escapes kept),
+/// then 2- and 3-byte overlong encodings of ASCII folded (`C0 AE` is `.`), a backslash read as `/`.
+fn lenient_decode(path: &str) -> Vec<u8> {
+    let raw = path.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                bytes.push(v);
+                i += 3;
+            }
+            _ => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match (b, bytes.get(i + 1), bytes.get(i + 2)) {
+            (0xc0 | 0xc1, Some(&c), _) if c & 0xc0 == 0x80 => {
+                out.push(((b & 0x1f) << 6) | (c & 0x3f));
+                i += 2;
+            }
+            (0xe0, Some(&c), Some(&d)) if c & 0xe0 == 0x80 && d & 0xc0 == 0x80 => {
+                out.push(((c & 0x3f) << 6) | (d & 0x3f));
+                i += 3;
+            }
+            (b'\\', _, _) => {
+                out.push(b'/');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 // ---- body --------------------------------------------------------------------------------
