@@ -132,7 +132,7 @@ CONFUSING = [
     "/public/%252e%252e/admin",
     "//admin", "///admin", "//admin//x", "/public//../admin",
     "/ADMIN", "/Admin/x", "/aDmIn",
-    "/admin;x=1", "/admin;/", "/admin;", "/api;jsessionid=1/x",
+    "/admin;x=1", "/admin;/", "/admin;", "/api;jsessionid=1/x", "/admin%3bx=1", "/admin%3B/x",
     "/admin%2F", "/admin%2f", "/%2fadmin", "/public%2F..%2Fadmin", "/public%2f%2e%2e%2fadmin",
     "/public/..%2fadmin", "/public/..%5Cadmin", "/public\\..\\admin", "/public/..\\admin",
     "/%61dmin", "/adm%69n", "/%41DMIN", "/admin%00", "/admin%20", "/admin%09",
