@@ -3,7 +3,7 @@
 //! One `Root` per worker VM (and one on the main thread) holds the compiled policy, the
 //! worker's `Engine` and the remote-JWKS state; HTTP contexts borrow them per request.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -59,29 +59,38 @@ impl Clock for HostClock {
 
 struct HostStore;
 
-/// The downstream connection through Envoy's properties; each lookup is a host call of a
-/// few microseconds, made only when the engine asks.
-struct HostPeer;
+/// The downstream connection of one request through Envoy's properties: each lookup is a
+/// host call of a few microseconds, made only when the engine asks and at most once per
+/// request (several limits or certificate sets may ask).
+#[derive(Default)]
+struct HostPeer {
+    address: OnceCell<Option<String>>,
+    uri_san: OnceCell<Option<String>>,
+    subject: OnceCell<Option<String>>,
+}
 
 impl HostPeer {
-    fn property(path: &[&str]) -> Option<String> {
-        hostcalls::get_property(path.to_vec())
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
-            .filter(|v| !v.is_empty())
+    fn property(cell: &OnceCell<Option<String>>, path: &[&str]) -> Option<String> {
+        cell.get_or_init(|| {
+            hostcalls::get_property(path.to_vec())
+                .ok()
+                .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
+                .filter(|v| !v.is_empty())
+        })
+        .clone()
     }
 }
 
 impl Peer for HostPeer {
     fn address(&self) -> Option<String> {
-        Self::property(&["source", "address"])
+        Self::property(&self.address, &["source", "address"])
     }
     fn uri_san(&self) -> Option<String> {
-        Self::property(&["connection", "uri_san_peer_certificate"])
+        Self::property(&self.uri_san, &["connection", "uri_san_peer_certificate"])
     }
     fn subject(&self) -> Option<String> {
-        Self::property(&["connection", "subject_peer_certificate"])
+        Self::property(&self.subject, &["connection", "subject_peer_certificate"])
     }
 }
 
@@ -519,7 +528,7 @@ impl HttpContext for Request {
             path: pseudo(":path"),
             headers: &headers,
             request_id,
-            peer: &HostPeer,
+            peer: &HostPeer::default(),
             end_of_stream,
         };
         let decision = {

@@ -36,11 +36,10 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     capacity: usize,
-    len: usize,
     next_seq: u64,
     /// Hash → the entries with that hash (almost always one).
     buckets: HashMap<u64, Vec<Entry>, FixedState>,
-    /// Insertion sequence → hash, to find the oldest entry.
+    /// Insertion sequence → hash, to find the oldest entry; one row per entry.
     order: BTreeMap<u64, u64>,
 }
 
@@ -98,11 +97,10 @@ impl TokenCache {
         if let Some(seq) = existing {
             self.remove(hash, seq);
         }
-        while self.len >= self.capacity {
-            let Some((seq, oldest)) = self.order.pop_first() else {
+        while self.len() >= self.capacity {
+            let Some((&seq, &oldest)) = self.order.first_key_value() else {
                 break;
             };
-            self.order.insert(seq, oldest);
             self.remove(oldest, seq);
         }
         let seq = self.next_seq;
@@ -115,7 +113,6 @@ impl TokenCache {
             verified: v,
         });
         self.order.insert(seq, hash);
-        self.len += 1;
     }
 
     fn remove(&mut self, hash: u64, seq: u64) {
@@ -123,27 +120,24 @@ impl TokenCache {
         let Some(bucket) = self.buckets.get_mut(&hash) else {
             return;
         };
-        let before = bucket.len();
         bucket.retain(|e| e.seq != seq);
-        self.len -= before - bucket.len();
         if bucket.is_empty() {
             self.buckets.remove(&hash);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.order.is_empty()
     }
 
     /// Drops every entry (e.g. on configuration change).
     pub fn clear(&mut self) {
         self.buckets.clear();
         self.order.clear();
-        self.len = 0;
     }
 }
 
