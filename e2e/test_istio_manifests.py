@@ -1,11 +1,19 @@
 """The Istio manifests under istio/ and the OCI packaging of `make oci`, without a cluster:
 
-- both WasmPlugins validate against istio/crd/wasmplugin-spec.schema.json (the CRD's spec
-  fields, additionalProperties false) and use phase AUTHN + FAIL_CLOSE;
-- the schema itself refuses what the API server would (bad sha256, unknown phase, typo'd
-  field, selector together with targetRefs);
-- every pluginConfig passes `apiguard check` (the CLI validates exactly as the filter does);
-  wasmplugin.yaml carries envoy/demo/policy.yaml unchanged;
+- every WasmPlugin validates against istio/crd/wasmplugin-spec.schema.json and the
+  TrafficExtension against istio/crd/trafficextension-spec.schema.json (hand-written from
+  istio/api's CRD and traffic_extension.proto, additionalProperties false, the CRD's CEL
+  rules and list-map keys enforced); phase AUTHN, failStrategy FAIL_RELOAD (never FAIL_OPEN);
+- the schemas refuse what the API server would (bad sha256, unknown phase, typo'd field,
+  selector together with targetRefs, duplicate env names, wasm and lua together) and accept
+  what it accepts (targetRefs to ServiceEntry, GatewayClass);
+- every manifest is installed where it points: istiod matches `match.mode` against the
+  listener class, and a gateway's listeners are CLIENT (istio/istio
+  pilot/pkg/model/extensions.go), so a gateway target with `mode: SERVER` only is refused
+  here (the plugin would never be installed and the gateway would run unprotected), in the
+  manifests and in the YAML examples of docs/istio.md;
+- every pluginConfig passes `apiguard check` (the CLI validates exactly as the filter does)
+  and carries envoy/demo/policy.yaml unchanged;
 - the remote-JWKS cluster name is the one Istio generates for the ServiceEntry
   (`outbound|443||idp.example.com`), and the DestinationRule originates TLS on that port;
 - scripts/oci.py writes a well-formed OCI image layout (index -> manifest -> blobs, digests
@@ -21,6 +29,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -32,34 +41,168 @@ jsonschema = pytest.importorskip("jsonschema", reason="pip install -r e2e/requir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ISTIO = REPO / "istio"
-SCHEMA = json.loads((ISTIO / "crd" / "wasmplugin-spec.schema.json").read_text())
-PLUGINS = ["wasmplugin.yaml", "wasmplugin-remote-jwks.yaml"]
+SCHEMAS = {
+    "WasmPlugin": json.loads((ISTIO / "crd" / "wasmplugin-spec.schema.json").read_text()),
+    "TrafficExtension": json.loads((ISTIO / "crd" / "trafficextension-spec.schema.json").read_text()),
+}
+PLUGINS = ["wasmplugin.yaml", "wasmplugin-remote-jwks.yaml", "wasmplugin-gateway.yaml"]
+EXTENSIONS = ["trafficextension.yaml"]
+DEMO_COPIES = ["wasmplugin.yaml", "wasmplugin-gateway.yaml", "trafficextension.yaml"]
+GATEWAY_KINDS = {"Gateway", "GatewayClass"}
 
 
 def load(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((ISTIO / name).read_text()) if d]
 
 
-def validator():
-    cls = jsonschema.validators.validator_for(SCHEMA)
-    cls.check_schema(SCHEMA)
-    return cls(SCHEMA)
+def _list_map_keys(validator, keys, instance, schema):
+    """`x-kubernetes-list-type: map`: the API server refuses two items with the same key."""
+    if not validator.is_type(instance, "array"):
+        return
+    seen = set()
+    for item in instance:
+        if not isinstance(item, dict):
+            continue
+        key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
+        if key in seen:
+            yield jsonschema.ValidationError(f"duplicate entries for list-map key {keys}: {key}")
+        seen.add(key)
+
+
+def validator(kind: str):
+    schema = SCHEMAS[kind]
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    cls = jsonschema.validators.extend(base, {"x-kubernetes-list-map-keys": _list_map_keys})
+    return cls(schema)
 
 
 def errors(doc) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator().iter_errors(doc)]
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator(doc.get("kind", "WasmPlugin")).iter_errors(doc)]
 
 
-@pytest.mark.parametrize("name", PLUGINS)
-def test_wasmplugin_matches_the_crd_schema(name):
+def wasm_fields(spec: dict) -> dict:
+    """The Wasm module fields: top-level in a WasmPlugin, under `wasm` in a TrafficExtension."""
+    return spec.get("wasm", spec)
+
+
+# --- where istiod installs a plugin (istio/istio pilot/pkg/model/extensions.go) --------
+
+def _mode_matches(mode: str | None, listener_class: str) -> bool:
+    """matchMode: UNDEFINED/CLIENT_AND_SERVER match every class; otherwise the mode must be
+    the class's workload mode (gateway -> CLIENT, sidecar inbound -> SERVER, outbound -> CLIENT)."""
+    if mode in (None, "UNDEFINED", "CLIENT_AND_SERVER"):
+        return True
+    return mode == {"gateway": "CLIENT", "inbound": "SERVER", "outbound": "CLIENT"}[listener_class]
+
+
+def installed_on(spec: dict, listener_class: str) -> bool:
+    """matchTrafficExtensionSelectors: no `match` matches everything; else any entry."""
+    match = spec.get("match") or []
+    return not match or any(_mode_matches(m.get("mode"), listener_class) for m in match)
+
+
+def targets_gateway(spec: dict) -> bool:
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    if any(r.get("kind") in GATEWAY_KINDS for r in refs):
+        return True
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    return labels.get("istio", "").endswith("gateway") or "gateway.networking.k8s.io/gateway-name" in labels
+
+
+def placement_errors(spec: dict) -> list[str]:
+    if targets_gateway(spec) and not installed_on(spec, "gateway"):
+        return ["targets a gateway, but istiod never installs a plugin whose match modes are all "
+                "SERVER on a gateway (its listeners are CLIENT): the gateway would run unprotected"]
+    if not targets_gateway(spec) and not installed_on(spec, "inbound"):
+        return ["targets sidecars but does not match their inbound (SERVER) traffic"]
+    return []
+
+
+# --- the manifests -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PLUGINS + EXTENSIONS)
+def test_manifest_matches_the_crd_schema(name):
     (doc,) = load(name)
     assert errors(doc) == []
     spec = doc["spec"]
+    wasm = wasm_fields(spec)
     assert spec["phase"] == "AUTHN"
-    assert spec["failStrategy"] == "FAIL_CLOSE"
-    assert spec["url"].startswith("oci://")
-    assert spec["selector"]["matchLabels"]
+    # Fail closed (module fetch failure -> deny-all filter), fresh VM after a runtime error.
+    assert wasm["failStrategy"] == "FAIL_RELOAD"
+    assert wasm["url"].startswith("oci://")
+    assert wasm["pluginName"] == "apiguard" and wasm["type"] == "HTTP"
+    assert spec.get("selector", {}).get("matchLabels") or spec.get("targetRefs")
 
+
+@pytest.mark.parametrize("name", PLUGINS + EXTENSIONS)
+def test_manifest_is_installed_where_it_points(name):
+    (doc,) = load(name)
+    assert placement_errors(doc["spec"]) == []
+
+
+def test_gateway_manifest_matches_the_gateways_client_traffic():
+    (doc,) = load("wasmplugin-gateway.yaml")
+    spec = doc["spec"]
+    assert "selector" not in spec
+    (ref,) = spec["targetRefs"]
+    assert (ref["group"], ref["kind"]) == ("gateway.networking.k8s.io", "Gateway")
+    assert installed_on(spec, "gateway")
+    assert not installed_on(spec, "inbound"), "a gateway plugin that also lands on sidecars"
+    # The sidecar manifest does the opposite.
+    (sidecar,) = load("wasmplugin.yaml")
+    assert installed_on(sidecar["spec"], "inbound") and not installed_on(sidecar["spec"], "outbound")
+
+
+@pytest.mark.parametrize("target", [
+    {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "ingress"}]},
+    {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio"}]},
+    {"selector": {"matchLabels": {"istio": "ingressgateway"}}},
+])
+def test_gateway_with_server_mode_only_is_refused(target):
+    """What docs/istio.md used to suggest: the sidecar manifest with targetRefs to a Gateway.
+    The schema accepts it (so does the API server); the placement check must not."""
+    (doc,) = load("wasmplugin.yaml")
+    spec = copy.deepcopy(doc["spec"])
+    spec.pop("selector")
+    spec.update(copy.deepcopy(target))
+    assert spec["match"] == [{"mode": "SERVER"}]
+    assert placement_errors(spec), "gateway + mode SERVER accepted: the plugin would never be installed"
+    for ok in ([{"mode": "CLIENT"}], [{"mode": "CLIENT_AND_SERVER"}], [{"mode": "SERVER"}, {"mode": "CLIENT"}], None):
+        if ok is None:
+            spec.pop("match")
+        else:
+            spec["match"] = ok
+        assert placement_errors(spec) == [], ok
+
+
+def _doc_yaml_blocks() -> list[dict]:
+    text = (REPO / "docs" / "istio.md").read_text()
+    out = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        try:
+            docs = [d for d in yaml.safe_load_all(block) if isinstance(d, dict)]
+        except yaml.YAMLError:
+            continue
+        for d in docs:
+            if isinstance(d.get("spec"), dict) and d.get("kind") in SCHEMAS:
+                out.append(d)
+    return out
+
+
+def test_istio_doc_examples_are_valid_and_installed_where_they_point():
+    docs = _doc_yaml_blocks()
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"WasmPlugin", "TrafficExtension"}, kinds
+    assert any(targets_gateway(d["spec"]) for d in docs), "docs/istio.md has no gateway example"
+    for d in docs:
+        assert errors(d) == [], d["metadata"]
+        assert placement_errors(d["spec"]) == [], d["metadata"]
+        assert wasm_fields(d["spec"]).get("failStrategy") != "FAIL_OPEN"
+
+
+# --- the schemas refuse what the API server refuses, accept what it accepts -----------
 
 @pytest.mark.parametrize("mutate, where", [
     (lambda s: s.update(sha256="ABC"), "sha256"),
@@ -72,7 +215,10 @@ def test_wasmplugin_matches_the_crd_schema(name):
     (lambda s: s.update(priority="high"), "priority"),
     (lambda s: s.update(type="TCP"), "type"),
     (lambda s: s.update(match=[{"mode": "INBOUND"}]), "match"),
+    (lambda s: s.update(match=[{"ports": [{"number": 80}, {"number": 80}]}]), "match"),  # list-map key
     (lambda s: s.update(vmConfig={"env": [{"value": "x"}]}), "vmConfig"),
+    (lambda s: s.update(vmConfig={"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
+     "vmConfig"),  # x-kubernetes-list-map-keys: [name]
     (lambda s: s.update(targetRefs=[{"kind": "Gateway", "name": "gw"}]), "spec"),  # with selector
     (lambda s: s.pop("url"), "spec"),
     # The CRD's CEL rules (x-kubernetes-validations), as the schema states them:
@@ -81,13 +227,12 @@ def test_wasmplugin_matches_the_crd_schema(name):
     (lambda s: s["selector"]["matchLabels"].update({"app": "api-*"}), "selector"),
     (lambda s: s.update(vmConfig={"env": [{"name": "A", "valueFrom": "HOST", "value": "x"}]}),
      "vmConfig"),
-    (lambda s: (s.pop("selector"), s.update(targetRefs=[{"kind": "Deployment", "name": "api"}])),
+    (lambda s: (s.pop("selector"), s.update(targetRefs=[{"kind": "Service", "name": "api", "namespace": "other"}])),
      "targetRefs"),
-    (lambda s: (s.pop("selector"),
-                s.update(targetRefs=[{"kind": "Service", "name": "api", "namespace": "other"}])),
+    (lambda s: (s.pop("selector"), s.update(targetRefs=[{"kind": "Service", "name": "api"}] * 17)),
      "targetRefs"),
 ])
-def test_schema_refuses_what_the_api_server_refuses(mutate, where):
+def test_wasmplugin_schema_refuses_what_the_api_server_refuses(mutate, where):
     (doc,) = load("wasmplugin.yaml")
     doc = copy.deepcopy(doc)
     mutate(doc["spec"])
@@ -96,13 +241,67 @@ def test_schema_refuses_what_the_api_server_refuses(mutate, where):
     assert any(e.startswith(("spec/" + where) if where != "spec" else "spec") for e in errs), errs
 
 
-def test_gateway_form_with_target_refs_is_valid():
+@pytest.mark.parametrize("ref", [
+    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "ingress"},
+    {"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio"},
+    {"group": "networking.istio.io", "kind": "ServiceEntry", "name": "idp"},
+    {"kind": "Service", "name": "orders"},
+    {"group": "", "kind": "Service", "name": "orders"},
+])
+def test_wasmplugin_schema_accepts_every_target_kind_the_crd_accepts(ref):
     (doc,) = load("wasmplugin.yaml")
     doc = copy.deepcopy(doc)
     del doc["spec"]["selector"]
-    doc["spec"]["targetRefs"] = [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "ingress"}]
+    doc["spec"]["targetRefs"] = [ref]
     doc["spec"]["sha256"] = hashlib.sha256(b"x").hexdigest()
+    doc["spec"]["vmConfig"] = {"env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": "HOST"}]}
     assert errors(doc) == []
+
+
+@pytest.mark.parametrize("mutate, where", [
+    (lambda s: s.pop("wasm"), "spec"),  # neither wasm nor lua
+    (lambda s: s.update(lua={"inlineCode": "function envoy_on_request(h) end"}), "spec"),  # both
+    (lambda s: s.update(lua={"inlineCode": ""}), "spec"),
+    (lambda s: s.update(targetRefs=[{"kind": "Gateway", "name": "gw"}]), "spec"),  # with selector
+    (lambda s: s.update(targetRef={"kind": "Gateway", "name": "gw"}), "spec"),  # WasmPlugin only
+    (lambda s: s.update(phase="UNSPECIFIED_PHASE"), "phase"),  # WasmPlugin's spelling
+    (lambda s: s.update(url=s["wasm"]["url"]), "spec"),  # Wasm fields live under `wasm`
+    (lambda s: s["wasm"].pop("url"), "wasm"),
+    (lambda s: s["wasm"].update(failStrategy="FAIL_CLOSED"), "wasm/failStrategy"),  # Envoy's spelling
+    (lambda s: s["wasm"].update(sha256="xyz"), "wasm/sha256"),
+    (lambda s: s["wasm"].update(vmConfig={"env": [{"name": "A"}, {"name": "A"}]}), "wasm/vmConfig"),
+    (lambda s: s["wasm"].update(type="TCP"), "wasm/type"),
+])
+def test_trafficextension_schema_refuses_what_the_api_server_refuses(mutate, where):
+    (doc,) = load("trafficextension.yaml")
+    doc = copy.deepcopy(doc)
+    mutate(doc["spec"])
+    errs = errors(doc)
+    assert errs, f"schema accepted a bad spec ({where})"
+    assert any(e.startswith(("spec/" + where) if where != "spec" else "spec") for e in errs), errs
+
+
+def test_trafficextension_schema_accepts_lua_and_targetrefs():
+    (doc,) = load("trafficextension.yaml")
+    doc = copy.deepcopy(doc)
+    spec = doc["spec"]
+    del spec["selector"], spec["wasm"]
+    spec["lua"] = {"inlineCode": "function envoy_on_request(h) end"}
+    spec["targetRefs"] = [{"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio"}]
+    spec["match"] = [{"mode": "CLIENT", "ports": [{"number": 8080}, {"number": 8081}]}]
+    spec["phase"] = "UNSPECIFIED"
+    assert errors(doc) == []
+
+
+def test_trafficextension_is_the_sidecar_wasmplugin_in_the_new_shape():
+    (te,) = load("trafficextension.yaml")
+    (wp,) = load("wasmplugin.yaml")
+    spec, old = te["spec"], wp["spec"]
+    for key in ("selector", "phase", "priority", "match"):
+        assert spec[key] == old[key], key
+    for key in ("url", "sha256", "imagePullPolicy", "pluginName", "failStrategy", "type", "pluginConfig"):
+        assert spec["wasm"][key] == old[key], key
+    assert te["metadata"] == wp["metadata"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -111,18 +310,19 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd + list(args), cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("name", PLUGINS)
+@pytest.mark.parametrize("name", PLUGINS + EXTENSIONS)
 def test_plugin_config_passes_apiguard_check(name, tmp_path):
     (doc,) = load(name)
+    config = wasm_fields(doc["spec"])["pluginConfig"]
     f = tmp_path / "policy.yaml"
-    f.write_text(yaml.safe_dump(doc["spec"]["pluginConfig"]))
+    f.write_text(yaml.safe_dump(config))
     r = cli("check", str(f))
     assert r.returncode == 0, r.stdout + r.stderr
     assert ": ok (" in r.stdout, r.stdout
     # What Istio hands the filter: pluginConfig as JSON.
     r = cli("to-json", str(f))
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == doc["spec"]["pluginConfig"]
+    assert json.loads(r.stdout) == config
 
 
 def test_plugin_config_rejection_names_the_field(tmp_path):
@@ -136,13 +336,14 @@ def test_plugin_config_rejection_names_the_field(tmp_path):
     assert "limits[0].capacity" in r.stdout + r.stderr
 
 
-def test_demo_wasmplugin_carries_the_demo_policy():
-    (doc,) = load("wasmplugin.yaml")
+@pytest.mark.parametrize("name", DEMO_COPIES)
+def test_demo_manifests_carry_the_demo_policy(name):
+    (doc,) = load(name)
     demo = yaml.safe_load((REPO / "envoy" / "demo" / "policy.yaml").read_text())
     # A WasmPlugin cannot set Envoy's allow_on_headers_stop_iteration, so the Istio
     # policy does not hold headers for body validation (docs/istio.md).
     demo.pop("hold_headers_for_body", None)
-    assert doc["spec"]["pluginConfig"] == demo, "istio/wasmplugin.yaml drifted from envoy/demo/policy.yaml"
+    assert wasm_fields(doc["spec"])["pluginConfig"] == demo, f"istio/{name} drifted from envoy/demo/policy.yaml"
 
 
 def test_remote_jwks_cluster_is_istios_name_for_the_service_entry():
