@@ -164,9 +164,12 @@ class Envoy(_StatsMixin):
         log_level: str = "info",
         workdir: str | os.PathLike | None = None,
         fail_open: bool = False,
+        failure_policy: str | None = None,
         extra_hcm: dict | None = None,
         downstream_tls: dict | None = None,
         access_log: str | None = None,
+        stats_config: dict | None = None,
+        config_yaml: str | None = None,
     ):
         self.policy = policy
         self.upstream_port = upstream_port
@@ -179,13 +182,20 @@ class Envoy(_StatsMixin):
         self.merge_slashes = merge_slashes
         self.escaped_slashes_action = escaped_slashes_action
         self.log_level = log_level
-        self.fail_open = fail_open
+        # The Wasm filter's `failure_policy` (FAIL_CLOSED / FAIL_OPEN / FAIL_RELOAD); the old
+        # `fail_open=True` option still works and means FAIL_OPEN. Envoy deprecated the
+        # boolean `fail_open` field, so the bootstrap never writes it.
+        self.failure_policy = failure_policy or ("FAIL_OPEN" if fail_open else "FAIL_CLOSED")
         self.extra_hcm = extra_hcm or {}
         # {"cert": pem path, "key": pem path, "ca": pem path (validates client certs),
         #  "require_client_cert": bool (default True)}: the listener speaks TLS.
         self.downstream_tls = downstream_tls
         # An Envoy access log format string (text); lines go to `access_log_path`.
         self.access_log = access_log
+        # The bootstrap's `stats_config` (e.g. envoy/envoy.yaml's stats_tags), and a bootstrap
+        # fragment Envoy merges over the file (`--config-yaml`, as Istio's bootstrapOverride).
+        self.stats_config = stats_config
+        self.config_yaml = config_yaml
         self._own_dir = workdir is None
         self.dir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="apiguard-e2e-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,7 @@ class Envoy(_StatsMixin):
                     "config": {
                         "name": "apiguard",
                         "root_id": "apiguard",
-                        "fail_open": self.fail_open,
+                        "failure_policy": self.failure_policy,
                         # Lets apiguard hold headers while it validates a body
                         # (policy `hold_headers_for_body`).
                         "allow_on_headers_stop_iteration": True,
@@ -285,7 +295,9 @@ class Envoy(_StatsMixin):
                 },
             }
         clusters = [static_cluster("upstream", self.upstream_port)] + self.clusters
+        extra = {"stats_config": self.stats_config} if self.stats_config is not None else {}
         return {
+            **extra,
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
                 "listeners": [{
@@ -372,6 +384,8 @@ class Envoy(_StatsMixin):
             "-l", self.log_level,
             "--admin-address-path", str(self.admin_path),
         ]
+        if self.config_yaml:
+            cmd += ["--config-yaml", self.config_yaml]
         if self.access_log:
             cmd += ["--file-flush-interval-msec", "100"]  # access log lines within 0.1 s
         self.started_at = time.monotonic()

@@ -43,8 +43,9 @@ def resource(policy: dict | str, wasm: str = WASM, name: str = "apiguard") -> di
                 "config": {
                     "name": "apiguard",
                     "root_id": "apiguard",
-                    # Fail closed: a module that cannot load refuses requests.
-                    "fail_open": False,
+                    # Fail closed; a VM that traps is replaced for the next request
+                    # (`failure_policy` replaces the deprecated `fail_open`).
+                    "failure_policy": "FAIL_RELOAD",
                     "allow_on_headers_stop_iteration": True,
                     "vm_config": {
                         # Same vm_id and code on every update: Envoy keeps the VM (and its
