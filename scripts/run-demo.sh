@@ -29,7 +29,9 @@ for _ in $(seq 1 100); do
 done
 
 READ=$("$CLI" token --alg RS256 --scope "items:read")
-WRITE=$("$CLI" token --alg ES256 --scope "items:read items:write")
+# The writer has its own subject, so its POSTs do not spend the reader's rate-limit bucket
+# (per-client is keyed on `sub`): the reader's loop below shows 429 after exactly 20.
+WRITE=$("$CLI" token --alg ES256 --scope "items:read items:write" --sub demo-writer)
 EXPIRED=$("$CLI" token --alg EdDSA --scope "items:read" --ttl -600)
 
 cat <<MSG
@@ -57,7 +59,8 @@ apiguard is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:990
   # 200: API key instead of a JWT
   curl -i -H 'x-api-key: demo-partner-key' http://127.0.0.1:10000/items
 
-  # 429 after 20 quick requests (RateLimit headers on every answer)
+  # 25 quick requests: 20 x 200, then 429 (RateLimit headers on every answer; the bucket
+  # refills 20 a minute, Retry-After says when the next one passes)
   for i in \$(seq 25); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer $READ" http://127.0.0.1:10000/items; done; echo
 
   # 401: expired EdDSA token
