@@ -16,7 +16,7 @@ RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit e2e lint fmt bench fuzz soak clean envoy-config
+.PHONY: help deps wasm cli run test unit e2e lint fmt bench fuzz soak clean envoy-config openapi-policy
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
@@ -48,6 +48,13 @@ cli: $(CLI)
 
 envoy-config: $(CLI)
 	$(PY) envoy/render.py
+
+# --- a policy from an OpenAPI description (docs/openapi.md) ----------------------------
+#   make openapi-policy SPEC=api.yaml [OVERLAY=overlay.yaml] [OUT=policy.yaml]
+openapi-policy: $(CLI)
+	@test -n "$(SPEC)" || (echo "usage: make openapi-policy SPEC=api.yaml [OVERLAY=overlay.yaml] [OUT=policy.yaml]"; exit 2)
+	$(CLI) openapi $(SPEC) $(if $(OVERLAY),--overlay $(OVERLAY)) > $(or $(OUT),policy.openapi.yaml).tmp
+	mv $(or $(OUT),policy.openapi.yaml).tmp $(or $(OUT),policy.openapi.yaml)
 
 # --- run ------------------------------------------------------------------------------
 run: deps $(WASM) $(CLI)

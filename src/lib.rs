@@ -11,6 +11,9 @@ pub mod host;
 pub mod hostcrypto;
 pub mod jwks_sync;
 pub mod jwt;
+/// OpenAPI import for the CLI: native only, never in the Wasm module.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod openapi;
 pub mod policy;
 pub mod problem;
 pub mod routes;

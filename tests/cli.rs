@@ -81,3 +81,65 @@ fn minted_demo_tokens_verify_against_the_demo_policy() {
         assert!(verified.is_ok(), "{alg}: {verified:?}");
     }
 }
+
+/// Every description kept as test data imports with the test overlay into a policy that
+/// `check` accepts; the doc's worked example too.
+#[test]
+fn openapi_descriptions_import_into_policies_check_accepts() {
+    let dir = std::env::temp_dir().join(format!("apiguard-cli-openapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "e2e/openapi/specs/spacetraders.io.json",
+            "e2e/openapi/overlay.yaml",
+            40,
+        ),
+        (
+            "e2e/openapi/specs/codat.io-sync-for-commerce.json",
+            "e2e/openapi/overlay.yaml",
+            17,
+        ),
+        (
+            "e2e/openapi/specs/exoapi.dev.json",
+            "e2e/openapi/overlay.yaml",
+            4,
+        ),
+        (
+            "e2e/openapi/specs/storecove.com.json",
+            "e2e/openapi/overlay.yaml",
+            29,
+        ),
+        (
+            "e2e/openapi/specs/fulfillment.com.yaml",
+            "e2e/openapi/overlay.yaml",
+            13,
+        ),
+        (
+            "docs/examples/openapi/shop.yaml",
+            "docs/examples/openapi/shop-overlay.yaml",
+            5,
+        ),
+    ];
+    for (i, (spec, overlay, ops)) in cases.iter().enumerate() {
+        let (code, out, err) = apiguard(&["openapi", spec, "--overlay", overlay]);
+        assert_eq!(code, 0, "{spec}: {err}");
+        assert!(
+            err.contains(&format!("{ops} operation(s) -> {ops} route(s)")),
+            "{spec}: {err}"
+        );
+        let file = dir.join(format!("policy-{i}.yaml"));
+        std::fs::write(&file, out).unwrap();
+        let (code, out, err) = apiguard(&["check", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{spec}: {out}{err}");
+    }
+}
+
+#[test]
+fn openapi_without_the_needed_overlay_says_what_to_add() {
+    let (code, _, err) = apiguard(&["openapi", "e2e/openapi/specs/spacetraders.io.json"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("AgentToken: add a JWT provider to the overlay"),
+        "{err}"
+    );
+}

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Some("check") => check(args.get(1..).unwrap_or(&[])),
         Some("token") => token(args.get(1..).unwrap_or(&[])),
         Some("to-json") => to_json(args.get(1..).unwrap_or(&[])),
+        Some("openapi") => openapi(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
@@ -27,6 +28,10 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage:
   apiguard check POLICY.(json|yaml)      validate a policy as the filter does (exit 1 on errors)
   apiguard to-json POLICY.yaml           print the policy as the JSON Envoy's plugin configuration takes
+  apiguard openapi SPEC [--overlay POLICY] [--json]
+                                         a policy from an OpenAPI 3.0/3.1 description (JSON or YAML)
+                                         on stdout (YAML, or JSON with --json); what it cannot
+                                         enforce is listed on stderr
   apiguard token [options]               mint a token with a demo key
       --alg RS256|ES256|ES384|EdDSA|HS256   (default RS256)
       --key FILE        private key PEM, or HS256 secret file (default envoy/demo/<alg>.pem|key)
@@ -98,6 +103,88 @@ fn to_json(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{path}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read_document(path: &str) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    apiguard::openapi::parse_document(&text).map_err(|e| format!("{path}: {e}"))
+}
+
+/// `apiguard openapi SPEC [--overlay POLICY] [--json]`: exit 0 with the policy on stdout,
+/// 1 when the description cannot be imported or the result would not load.
+#[cfg(not(target_arch = "wasm32"))]
+fn openapi(args: &[String]) -> ExitCode {
+    let mut spec_path = None;
+    let mut overlay_path = None;
+    let mut as_json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--overlay" => overlay_path = it.next(),
+            "--json" => as_json = true,
+            _ if spec_path.is_none() && !a.starts_with("--") => spec_path = Some(a),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(spec_path) = spec_path else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let loaded = read_document(spec_path).and_then(|spec| {
+        let overlay = overlay_path.map(|p| read_document(p)).transpose()?;
+        Ok((spec, overlay))
+    });
+    let (spec, overlay) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let import = match apiguard::openapi::import(&spec, overlay.as_ref()) {
+        Ok(i) => i,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    for n in &import.notes {
+        eprintln!("{n}");
+    }
+    // The generated policy must load exactly as the filter loads it.
+    if let Err(errors) = apiguard::policy::Policy::try_from(import.policy.clone()) {
+        for e in &errors {
+            eprintln!("error: generated policy: {e}");
+        }
+        return ExitCode::from(1);
+    }
+    let text = if as_json {
+        Ok(import.policy.to_string())
+    } else {
+        serde_yaml::to_string(&import.policy).map_err(|e| e.to_string())
+    };
+    match text {
+        Ok(t) => {
+            println!("{}", t.trim_end());
+            eprintln!(
+                "{spec_path}: {} operation(s) -> {} route(s); {} note(s) on what is not enforced",
+                import.operations,
+                import.routes,
+                import.notes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }
