@@ -178,9 +178,14 @@ def metrics_envoy(module_envoy_factory, key, idp_server, **kw):
 
 
 @pytest.fixture(scope="module")
-def tagged(module_envoy_factory, key, idp_server):
+def tagged_envoy(module_envoy_factory, key, idp_server):
     """The shipped stats_config (envoy/envoy.yaml)."""
-    return scrape(metrics_envoy(module_envoy_factory, key, idp_server, stats_config=SHIPPED_STATS_CONFIG))
+    return metrics_envoy(module_envoy_factory, key, idp_server, stats_config=SHIPPED_STATS_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tagged(tagged_envoy):
+    return scrape(tagged_envoy)
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +232,8 @@ def test_prometheus_labels_from_the_shipped_stats_tags(tagged):
                for labels, _ in tagged["envoy_http_downstream_rq_xx"])
 
 
-def test_stats_page_keeps_the_full_names_with_stats_tags(module_envoy_factory, key, idp_server):
-    e = metrics_envoy(module_envoy_factory, key, idp_server, stats_config=SHIPPED_STATS_CONFIG)
+def test_stats_page_keeps_the_full_names_with_stats_tags(tagged_envoy):
+    e = tagged_envoy
     assert e.stat("wasmcustom.apiguard.denied.missing_credentials") == 1
     assert e.stat("wasmcustom.apiguard.ratelimit.per-client.limited") == 1
     assert e.stat("wasmcustom.apiguard.jwks.down.fetch_failure") >= 1
