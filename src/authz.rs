@@ -98,7 +98,7 @@ impl Condition {
                         Some(Value::Array(items)) => items.contains(v),
                         Some(Value::String(s)) => v
                             .as_str()
-                            .is_some_and(|needle| s.split_ascii_whitespace().any(|w| w == needle)),
+                            .is_some_and(|needle| scope_tokens(s).any(|w| w == needle)),
                         _ => false,
                     },
                     ClaimTest::EqualsParam(name) => {
@@ -174,12 +174,19 @@ pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Va
     Some(current)
 }
 
+/// The words of a space-delimited scope string. RFC 6749 §3.3 delimits scope tokens with
+/// spaces (%x20) only: a tab or newline is part of a token, so `"read\tadmin"` grants no
+/// `admin` (a lenient IdP or client library could otherwise smuggle one).
+fn scope_tokens(s: &str) -> impl Iterator<Item = &str> {
+    s.split(' ').filter(|w| !w.is_empty())
+}
+
 /// Every scope granted by the first of `claim_paths` present in the claims.
 pub fn granted_scopes<'a>(claims: &'a Map<String, Value>, claim_paths: &[String]) -> Vec<&'a str> {
     let mut out = Vec::new();
     for path in claim_paths {
         match claim_at(claims, path) {
-            Some(Value::String(s)) => out.extend(s.split_ascii_whitespace()),
+            Some(Value::String(s)) => out.extend(scope_tokens(s)),
             Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str)),
             _ => continue,
         }
@@ -213,6 +220,17 @@ mod tests {
             granted_scopes(&c, &["nope".into(), "scp".into()]),
             vec!["x"]
         );
+    }
+
+    #[test]
+    fn scopes_split_on_spaces_only() {
+        let c = claims(json!({"scope": "  read\tadmin  write\nops\u{a0}x  "}));
+        assert_eq!(
+            granted_scopes(&c, &["scope".into()]),
+            vec!["read\tadmin", "write\nops\u{a0}x"]
+        );
+        let cond = claim("scope", ClaimTest::Contains(json!("admin")));
+        assert!(!cond.holds(&c, &[]));
     }
 
     fn claim(path: &str, test: ClaimTest) -> Condition {

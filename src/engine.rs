@@ -283,6 +283,10 @@ impl Engine {
             }
         }
 
+        if let Some(d) = lookalike_method(&policy, req.method) {
+            return deny(decision, d);
+        }
+
         // Headers apiguard writes are never taken from the client, on any route.
         let mut mutations = Mutations {
             remove_headers: policy
@@ -296,10 +300,16 @@ impl Engine {
 
         let Some(found) = policy.routes.lookup(req.method, path) else {
             return match policy.unmatched {
-                Unmatched::Allow => {
-                    decision.verdict = Verdict::Allow(mutations);
-                    decision
-                }
+                Unmatched::Allow => match lookalike_path(&policy, req.method, path) {
+                    Some((route, d)) => {
+                        decision.route = Some(route);
+                        deny(decision, d)
+                    }
+                    None => {
+                        decision.verdict = Verdict::Allow(mutations);
+                        decision
+                    }
+                },
                 Unmatched::Deny => deny(
                     decision,
                     Denial::new(
@@ -751,6 +761,35 @@ fn apply_limits(
     Ok(())
 }
 
+/// A lower-case spelling of a known method (HTTP/2 `:method delete`): RFC 9110 makes it
+/// another method, which no route names, while many servers treat it as `DELETE`.
+fn lookalike_method(policy: &Policy, method: &str) -> Option<Denial> {
+    let known = policy.known_methods.iter().map(String::as_str);
+    (policy.deny_lookalikes && crate::routes::is_noncanonical_method(method, known)).then(|| {
+        Denial::new(
+            400,
+            "noncanonical_method",
+            "methods are case-sensitive: send the method in upper case",
+        )
+    })
+}
+
+/// An unmatched request that differs from a route only by letter case or a trailing slash
+/// (`/ADMIN`, `/items/42/`): many upstreams would serve it as that route, so with
+/// `unmatched: allow` it is refused rather than let through unchecked.
+fn lookalike_path(policy: &Policy, method: &str, path: &str) -> Option<(String, Denial)> {
+    if !policy.deny_lookalikes {
+        return None;
+    }
+    let route = policy.routes.lookalike(method, path)?;
+    let d = Denial::new(
+        400,
+        "noncanonical_path",
+        "the path differs from a route only by letter case or a trailing slash",
+    );
+    Some((route.name.clone(), d))
+}
+
 /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).
 fn joined_header(headers: &[(&str, &str)], name: &str) -> Option<String> {
     let values: Vec<&str> = headers
@@ -905,3 +944,6 @@ fn remove_credential(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod security_review_tests;

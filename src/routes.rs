@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+mod lookalike;
+pub use lookalike::{is_noncanonical_method, STANDARD_METHODS};
+
 /// How a route's path is matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {

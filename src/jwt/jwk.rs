@@ -104,7 +104,7 @@ impl Jwks {
     /// Parses a JWKS document (`{"keys":[...]}`). Unusable keys are not fatal here: each
     /// lands in `rejected` as a message naming it, e.g.
     /// `keys[2] (kid "old"): RSA modulus is 1024 bits; at least 2048 required`.
-    /// Keys with `"use":"enc"` are skipped silently. `Err` only when the document itself is
+    /// Keys with `"use":"enc"` or `key_ops` without `"verify"` are skipped silently. `Err` only when the document itself is
     /// not a JWKS.
     pub fn parse(json: &[u8]) -> Result<ParsedJwks, String> {
         let v: Value =
@@ -178,7 +178,26 @@ fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("\"{name}\" is not valid base64url"))
 }
 
-/// `Ok(None)`: skipped silently (an encryption key).
+/// RFC 7517 §4.3: a key whose `key_ops` are listed may be used for those operations only,
+/// so one without `"verify"` (an encryption key, a signing-only entry) verifies nothing.
+fn key_ops_allow_verify(jwk: &Map<String, Value>) -> Result<bool, String> {
+    match jwk.get("key_ops") {
+        None => Ok(true),
+        Some(Value::Array(ops)) => {
+            let mut verify = false;
+            for op in ops {
+                match op.as_str() {
+                    Some(op) => verify |= op == "verify",
+                    None => return Err("\"key_ops\" must be an array of strings".to_string()),
+                }
+            }
+            Ok(verify)
+        }
+        Some(_) => Err("\"key_ops\" must be an array of strings".to_string()),
+    }
+}
+
+/// `Ok(None)`: skipped silently (an encryption key, or `key_ops` without `verify`).
 fn parse_key(jwk: &Map<String, Value>) -> Result<Option<Key>, String> {
     match member(jwk, "use")? {
         None | Some("sig") => {}
@@ -188,6 +207,9 @@ fn parse_key(jwk: &Map<String, Value>) -> Result<Option<Key>, String> {
                 "\"use\" is {other:?}; only \"sig\" keys verify tokens"
             ))
         }
+    }
+    if !key_ops_allow_verify(jwk)? {
+        return Ok(None);
     }
     let kid = member(jwk, "kid")?.map(str::to_string);
     let alg =

@@ -1349,6 +1349,46 @@ fn enc_keys_are_skipped_silently() {
 }
 
 #[test]
+fn keys_whose_key_ops_exclude_verify_never_verify() {
+    for ops in [
+        json!(["encrypt"]),
+        json!(["sign"]),
+        json!([]),
+        json!(["wrapKey"]),
+    ] {
+        let mut jwk = test_jwk("rsa");
+        jwk["key_ops"] = ops.clone();
+        let parsed = parse_one(jwk);
+        assert!(parsed.jwks.is_empty(), "{ops}");
+        assert!(parsed.rejected.is_empty(), "{ops}");
+        assert!(verify(
+            valid("RS256"),
+            &parsed.jwks,
+            &rules(),
+            tv::NOW,
+            &NoHostCrypto
+        )
+        .is_err());
+    }
+    let mut jwk = test_jwk("rsa");
+    jwk["key_ops"] = json!(["sign", "verify"]);
+    let parsed = parse_one(jwk);
+    assert!(verify(
+        valid("RS256"),
+        &parsed.jwks,
+        &rules(),
+        tv::NOW,
+        &NoHostCrypto
+    )
+    .is_ok());
+    let mut jwk = test_jwk("rsa");
+    jwk["key_ops"] = json!("verify");
+    let parsed = parse_one(jwk);
+    assert!(parsed.jwks.is_empty());
+    assert_eq!(parsed.rejected.len(), 1);
+}
+
+#[test]
 fn x5c_and_x5t_are_ignored() {
     let mut jwk = test_jwk("rsa");
     jwk["x5c"] = json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]);

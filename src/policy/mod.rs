@@ -49,6 +49,10 @@ pub enum Unmatched {
 pub struct Policy {
     pub realm: String,
     pub unmatched: Unmatched,
+    /// Refuse requests that differ from a route only by case or a trailing slash.
+    pub deny_lookalikes: bool,
+    /// Upper-case methods whose other spellings are refused (standard, routed, costed).
+    pub known_methods: Vec<String>,
     pub providers: Vec<Provider>,
     pub api_key_sets: Vec<ApiKeySet>,
     pub cert_sets: Vec<CertSet>,
@@ -361,12 +365,16 @@ impl TryFrom<Value> for Policy {
         }
         owned_headers.sort();
         owned_headers.dedup();
+        let routes = RouteTable::new(routes);
+        let known_methods = known_methods(&routes, &limits);
         Ok(Policy {
             realm,
             unmatched: match raw.unmatched {
                 Some(RawUnmatched::Allow) => Unmatched::Allow,
                 _ => Unmatched::Deny,
             },
+            deny_lookalikes: raw.lookalikes != Some(RawLookalikes::Unmatched),
+            known_methods,
             providers,
             api_key_sets,
             cert_sets,
@@ -380,11 +388,28 @@ impl TryFrom<Value> for Policy {
                 None => Some(RawLogLevel::Info),
             },
             request_limits,
-            routes: RouteTable::new(routes),
+            routes,
             token_cache_size: raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE),
             owned_headers,
         })
     }
+}
+
+/// Standard methods plus every method a route or a cost names, upper case, deduplicated.
+fn known_methods(routes: &RouteTable<Route>, limits: &[Limit]) -> Vec<String> {
+    let mut known: Vec<String> = crate::routes::STANDARD_METHODS
+        .iter()
+        .map(|m| m.to_string())
+        .chain(routes.route_methods().map(str::to_string))
+        .chain(
+            limits
+                .iter()
+                .flat_map(|l| l.cost_by_method.iter().map(|(m, _)| m.clone())),
+        )
+        .collect();
+    known.sort();
+    known.dedup();
+    known
 }
 
 fn compile_provider(

@@ -15,6 +15,9 @@ pub struct RawPolicy {
     pub realm: Option<String>,
     #[serde(default)]
     pub unmatched: Option<RawUnmatched>,
+    /// What to do with a request that differs from a route only by case or trailing slash.
+    #[serde(default)]
+    pub lookalikes: Option<RawLookalikes>,
     #[serde(default)]
     pub token_cache_size: Option<usize>,
     #[serde(default)]
@@ -117,6 +120,14 @@ pub enum RawLogLevel {
     Debug,
     Info,
     Warn,
+}
+
+/// `deny`: refuse lookalike requests (400); `unmatched`: treat them like any unmatched request.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLookalikes {
+    Deny,
+    Unmatched,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,197 @@
+"""Issue 12, findings 5-7 and the CORS preflight, attacked through real Envoy.
+
+Each test sends the attack and asserts what the echo upstream received (or that it received
+nothing), not only the status apiguard answered."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import h2c, tokens
+from harness.checks import bearer, echoed, problem
+from harness.envoy import static_cluster
+from harness.jwks_server import JwksServer
+
+pytestmark = [pytest.mark.wasm, pytest.mark.own_envoy]
+
+ISS = "https://issuer.example"
+AUD = "api"
+
+
+def never_upstream(echo, before: int, resp):
+    assert echo.count == before, f"request reached the upstream: {resp}"
+
+
+# --- finding 5: lookalike paths and methods with `unmatched: allow` -------------------------
+
+def lookalike_policy(keys, **extra) -> dict:
+    p = {
+        "unmatched": "allow",
+        "providers": [{"name": "main", "issuer": ISS, "audiences": [AUD],
+                       "jwks": {"inline": tokens.jwks(keys["RS256"])}}],
+        "limits": [{"name": "quota", "capacity": 10, "key": [{"header": "x-client"}],
+                    "cost": {"methods": {"POST": 5}}}],
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/admin"}, "providers": ["main"],
+             "scopes": {"all_of": ["admin"]}},
+            {"name": "item-read", "match": {"path": "/items/{id}", "methods": ["GET"]},
+             "providers": ["main"], "scopes": {"all_of": ["items:read"]}},
+            {"name": "item-delete", "match": {"path": "/items/{id}", "methods": ["DELETE"]},
+             "providers": ["main"], "scopes": {"all_of": ["items:admin"]}},
+            {"name": "tenant-data", "match": {"path": "/tenants/{tenant}/data"},
+             "providers": ["main"],
+             "rules": [{"name": "own-tenant", "when": {"claim": "tenant", "equals_param": "tenant"}}]},
+            {"name": "open", "match": {"prefix": "/open"}, "public": True, "limits": ["quota"]},
+        ],
+    }
+    p.update(extra)
+    return p
+
+
+@pytest.fixture(scope="module")
+def lookalike_envoy(module_envoy_factory, keys):
+    return module_envoy_factory.make(lookalike_policy(keys))
+
+
+@pytest.fixture(scope="module")
+def literal_envoy(module_envoy_factory, keys):
+    return module_envoy_factory.make(lookalike_policy(keys, lookalikes="unmatched"))
+
+
+@pytest.fixture(scope="module")
+def reader(keys):
+    """A valid token of another tenant with only items:read."""
+    return tokens.mint("RS256", keys["RS256"],
+                       tokens.claims(ISS, AUD, scope="items:read", tenant="mine"))
+
+
+LOOKALIKES = [
+    ("GET", "/ADMIN", "admin"),
+    ("GET", "/admin/", None),  # a prefix route matches /admin/ literally: checked, not refused
+    ("GET", "/Admin/users", "admin"),
+    ("GET", "/items/42/", "item-read"),
+    ("DELETE", "/Items/42", "item-delete"),
+    ("DELETE", "/items/42/", "item-delete"),
+    ("GET", "/tenants/other/data/", "tenant-data"),
+    ("GET", "/TENANTS/other/data", "tenant-data"),
+]
+
+
+@pytest.mark.parametrize("method,path,route", LOOKALIKES)
+def test_lookalike_paths_never_reach_the_upstream(lookalike_envoy, echo, reader, method, path, route):
+    envoy = lookalike_envoy
+    before = echo.count
+    resp = envoy.request(method, path, bearer(reader))
+    never_upstream(echo, before, resp)
+    if route is None:
+        problem(resp, 403, "insufficient_scope")
+    else:
+        problem(resp, 400, "noncanonical_path")
+
+
+def test_exact_spellings_still_checked_and_other_paths_pass(lookalike_envoy, reader):
+    envoy = lookalike_envoy
+    assert echoed(envoy.get("/items/42", bearer(reader)))["path"] == "/items/42"
+    problem(envoy.request("DELETE", "/items/42", bearer(reader)), 403, "insufficient_scope")
+    # Unrelated unmatched paths, with or without a trailing slash, still go through.
+    assert echoed(envoy.get("/elsewhere/"))["path"] == "/elsewhere/"
+    assert echoed(envoy.get("/Elsewhere"))["path"] == "/Elsewhere"
+
+
+def test_lookalikes_unmatched_restores_literal_matching(literal_envoy):
+    """`lookalikes: unmatched` is the documented opt-out: the old literal behaviour."""
+    seen = echoed(literal_envoy.get("/ADMIN"))
+    assert seen["path"] == "/ADMIN" and "authorization" not in seen["headers"]
+
+
+def test_h2_lowercase_method_is_refused(lookalike_envoy, echo, reader):
+    """HTTP/2 carries `:method delete` as sent; RFC 9110 makes it another method, which no
+    route names, but many servers run their DELETE handler for it."""
+    envoy = lookalike_envoy
+    ok = h2c.request("127.0.0.1", envoy.port, "GET", "/items/7", bearer(reader).items())
+    assert ok.status == 200 and ok.json()["method"] == "GET", ok
+    for method, path in (("delete", "/items/42"), ("Delete", "/items/42"), ("get", "/admin"),
+                         ("post", "/open/x")):
+        before = echo.count
+        resp = h2c.request("127.0.0.1", envoy.port, method, path, bearer(reader).items())
+        never_upstream(echo, before, resp)
+        assert resp.status == 400, resp
+        assert resp.json()["reason"] == "noncanonical_method", resp
+
+
+def test_h2_lowercase_post_pays_like_post(lookalike_envoy, echo):
+    """Before: `post` matched the method-less public route and paid the default cost 1
+    instead of POST's 5 (three `post` reached the upstream for the price of less than one
+    POST). Now it is refused, and POST over HTTP/2 pays 5: capacity 10 admits two."""
+    envoy = lookalike_envoy
+    hdrs = [("x-client", "post-test")]
+    before = echo.count
+    for _ in range(3):
+        resp = h2c.request("127.0.0.1", envoy.port, "post", "/open/a", hdrs, body=b"x")
+        assert resp.status == 400 and resp.json()["reason"] == "noncanonical_method", resp
+    never_upstream(echo, before, resp)
+    for _ in range(2):
+        ok = h2c.request("127.0.0.1", envoy.port, "POST", "/open/a", hdrs, body=b"x")
+        assert ok.status == 200 and ok.json()["method"] == "POST", ok
+    limited = h2c.request("127.0.0.1", envoy.port, "POST", "/open/a", hdrs, body=b"x")
+    assert limited.status == 429, limited
+
+
+# --- finding 7: scopes split on spaces only; keys whose key_ops exclude verify ------------
+
+@pytest.fixture(scope="module")
+def scope_envoy(module_envoy_factory, keys):
+    return module_envoy_factory.make(lookalike_policy(keys, unmatched="deny"))
+
+
+@pytest.mark.parametrize("scope", ["items:read\tadmin", "items:read\nadmin", "items:read\u00a0admin",
+                                   "items:read\x0badmin"])
+def test_scope_words_are_split_on_spaces_only(scope_envoy, keys, echo, scope):
+    token = tokens.mint("RS256", keys["RS256"], tokens.claims(ISS, AUD, scope=scope))
+    before = echo.count
+    resp = scope_envoy.get("/admin/x", bearer(token))
+    never_upstream(echo, before, resp)
+    problem(resp, 403, "insufficient_scope")
+    good = tokens.mint("RS256", keys["RS256"], tokens.claims(ISS, AUD, scope="items:read  admin"))
+    assert echoed(scope_envoy.get("/admin/x", bearer(good)))["path"] == "/admin/x"
+
+
+@pytest.fixture(scope="module")
+def jwk_setup(module_envoy_factory):
+    good = tokens.generate_key("RS256", "good")
+    enc_ops = tokens.generate_key("RS256", "enc-ops")
+    sign_ops = tokens.generate_key("ES256", "sign-only")
+    enc_use = tokens.generate_key("RS256", "enc-use")
+    jwks = tokens.jwks(
+        good,
+        {**enc_ops.jwk, "key_ops": ["encrypt", "wrapKey"]},
+        {**sign_ops.jwk, "key_ops": ["sign"]},
+        {**{k: v for k, v in enc_use.jwk.items() if k != "alg"}, "use": "enc"},
+    )
+    for k in jwks["keys"]:
+        if k["kid"] in ("enc-ops", "sign-only"):
+            k.pop("use", None)  # RFC 7517: use and key_ops should not appear together
+    srv = JwksServer(jwks, issuer=ISS).start()
+    policy = {
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": [AUD],
+                       "jwks": {"remote": {"cluster": "idp", "uri": srv.jwks_url,
+                                           "retry_seconds": 1, "min_refetch_seconds": 1}}}],
+        "routes": [{"name": "api", "match": {"prefix": "/api"}, "providers": ["idp"]}],
+    }
+    envoy = module_envoy_factory.make(policy, clusters=[static_cluster("idp", srv.port)])
+    yield envoy, {"good": good, "enc-ops": enc_ops, "sign-only": sign_ops, "enc-use": enc_use}
+    srv.stop()
+
+
+def test_jwk_whose_key_ops_or_use_exclude_verify_cannot_verify(jwk_setup, echo):
+    envoy, ks = jwk_setup
+    from harness.checks import wait_until
+    good = tokens.mint("RS256", ks["good"], tokens.claims(ISS, AUD, sub="good"))
+    assert wait_until(lambda: envoy.get("/api/x", bearer(good)).status == 200, timeout=30)
+    assert echoed(envoy.get("/api/x", bearer(good)))["headers"]["authorization"] == f"Bearer {good}"
+    for kid, alg in (("enc-ops", "RS256"), ("sign-only", "ES256"), ("enc-use", "RS256")):
+        forged = tokens.mint(alg, ks[kid], tokens.claims(ISS, AUD, sub="mallory"))
+        before = echo.count
+        resp = envoy.get("/api/x", bearer(forged))
+        never_upstream(echo, before, resp)
+        assert resp.status == 401, (kid, resp)

@@ -1,0 +1,154 @@
+//! Issue 12 (routes, preflight, query and body findings): the engine refuses spellings of a
+//! route that upstream frameworks fold together, instead of letting them through unchecked.
+
+use super::*;
+use crate::host::fake::{FakeClock, FakeStore};
+use crate::host::NoHostCrypto;
+use serde_json::json;
+
+/// sha256("k"): the API key the tests present.
+const KEY_SHA: &str = "8254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a";
+
+#[derive(Default)]
+struct Counted(Vec<String>);
+
+impl Metrics for Counted {
+    fn incr(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+}
+
+fn policy(extra: serde_json::Value) -> Engine {
+    let mut p = json!({
+        "unmatched": "allow",
+        "api_keys": [{"name": "keys", "keys": [{"client_id": "c", "sha256": KEY_SHA}]}],
+        "limits": [{"name": "quota", "capacity": 100, "key": [{"constant": "all"}],
+                    "cost": {"methods": {"POST": 5}}}],
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/admin"}, "providers": ["keys"]},
+            {"name": "item", "match": {"path": "/items/{id}", "methods": ["GET", "DELETE"]},
+             "providers": ["keys"]},
+            {"name": "data", "match": {"path": "/tenants/{t}/data"}, "providers": ["keys"]},
+            {"name": "any", "match": {"prefix": "/open"}, "public": true, "limits": ["quota"]},
+        ]
+    });
+    if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    Engine::new(Rc::new(
+        Policy::try_from(p).unwrap_or_else(|e| panic!("{e:?}")),
+    ))
+}
+
+fn run(e: &mut Engine, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+    run_with(e, &FakeStore::default(), method, path, headers, true)
+}
+
+fn run_with(
+    e: &mut Engine,
+    store: &FakeStore,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    end_of_stream: bool,
+) -> Decision {
+    e.on_request_headers(
+        &RequestHead {
+            method,
+            path,
+            headers,
+            request_id: None,
+            peer: &KnownPeer::default(),
+            end_of_stream,
+        },
+        &Host {
+            clock: &FakeClock::at_secs(1_700_000_000),
+            crypto: &NoHostCrypto,
+            store,
+        },
+        &mut Counted::default(),
+    )
+}
+
+fn reason(d: &Decision) -> Option<(u16, &'static str)> {
+    match &d.verdict {
+        Verdict::Deny(x) => Some((x.status, x.reason)),
+        Verdict::Allow(_) => None,
+    }
+}
+
+#[test]
+fn lookalike_paths_are_refused_when_unmatched_is_allow() {
+    let mut e = policy(json!({}));
+    for (m, p, route) in [
+        ("GET", "/ADMIN", "admin"),
+        ("GET", "/Admin/users", "admin"),
+        ("GET", "/items/42/", "item"),
+        ("DELETE", "/Items/42", "item"),
+        ("GET", "/tenants/other/data/", "data"),
+    ] {
+        let d = run(&mut e, m, p, &[]);
+        assert_eq!(reason(&d), Some((400, "noncanonical_path")), "{m} {p}");
+        assert_eq!(d.route.as_deref(), Some(route), "{m} {p}");
+    }
+    // The exact spellings are checked as before; unrelated paths still pass.
+    assert_eq!(
+        reason(&run(&mut e, "GET", "/admin", &[])),
+        Some((401, "missing_credentials"))
+    );
+    assert_eq!(reason(&run(&mut e, "GET", "/elsewhere/", &[])), None);
+    // POST /items/42 is unmatched (no POST route): so is POST /Items/42.
+    assert_eq!(reason(&run(&mut e, "POST", "/Items/42", &[])), None);
+}
+
+#[test]
+fn lowercase_methods_of_known_methods_are_refused_everywhere() {
+    for unmatched in ["allow", "deny"] {
+        let mut e = policy(json!({"unmatched": unmatched}));
+        for (m, p) in [
+            ("delete", "/items/42"),
+            ("get", "/admin"),
+            ("post", "/open/x"),
+            ("Options", "/anything"),
+        ] {
+            assert_eq!(
+                reason(&run(&mut e, m, p, &[("x-api-key", "k")])),
+                Some((400, "noncanonical_method")),
+                "{unmatched} {m} {p}"
+            );
+        }
+        // A custom lower-case method no policy names is just another method.
+        let d = run(&mut e, "frobnicate", "/open/x", &[]);
+        assert_eq!(reason(&d), None);
+    }
+}
+
+#[test]
+fn lowercase_post_never_pays_the_default_cost() {
+    // Before: `post` matched the methodless route and paid 1 instead of POST's 5.
+    let mut e = policy(json!({}));
+    let store = FakeStore::default();
+    for _ in 0..20 {
+        assert_eq!(
+            reason(&run_with(&mut e, &store, "POST", "/open/x", &[], true)),
+            None
+        );
+    }
+    assert_eq!(
+        reason(&run_with(&mut e, &store, "POST", "/open/x", &[], true)),
+        Some((429, "rate_limited"))
+    );
+    assert_eq!(
+        reason(&run_with(&mut e, &store, "post", "/open/x", &[], true)),
+        Some((400, "noncanonical_method"))
+    );
+}
+
+#[test]
+fn lookalikes_unmatched_restores_literal_matching() {
+    let mut e = policy(json!({"lookalikes": "unmatched"}));
+    assert_eq!(reason(&run(&mut e, "GET", "/ADMIN", &[])), None);
+    assert_eq!(reason(&run(&mut e, "delete", "/items/42", &[])), None);
+}
