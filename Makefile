@@ -16,7 +16,7 @@ RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit e2e lint fmt bench fuzz soak clean envoy-config openapi-policy
+.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
@@ -65,6 +65,13 @@ unit:
 	scripts/fetch-json-schema-suite.sh
 	cargo test --lib --bins --tests
 
+# The same unit tests compiled to 32-bit Wasm and run under wasmtime (PyPI wheel), as
+# Envoy runs the module: what host-only tests cannot see (usize, stack, no threads).
+WASI_RUNNER := $(abspath $(PY)) $(abspath scripts/wasi-run.py)
+unit-wasm: deps
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
+		cargo test --profile wasm-test --target $(WASM_TARGET) --lib
+
 e2e: deps $(WASM)
 	$(PY) envoy/render.py --check
 	cargo build --bin apiguard
@@ -72,7 +79,7 @@ e2e: deps $(WASM)
 		$(PY) -m pytest e2e -q -p no:cacheprovider
 
 # fuzz-smoke last: a crash it finds fails the run, after the functional tests reported.
-test: deps unit e2e fuzz-smoke
+test: deps unit unit-wasm e2e fuzz-smoke
 
 lint: .wasm-target.stamp
 	cargo fmt --all -- --check
