@@ -313,3 +313,8 @@ def test_operations_md_relabel_rule_keeps_every_apiguard_metric(tagged, untagged
         for name in {n for n, _ in apiguard_series(m)} | {"envoy_http_downstream_rq_xx"}:
             assert re.fullmatch(regex, name), name  # Prometheus anchors relabel regexes
         assert "envoy_http_downstream_rq_xx" in m
+
+
+def test_operations_md_shows_the_shipped_stats_tags():
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", OPERATIONS, re.S) if "stats_tags" in b]
+    assert [b["stats_config"] for b in blocks] == [SHIPPED_STATS_CONFIG]
