@@ -30,14 +30,16 @@ def policy(keys):
     allk = list(keys.values())
     return {
         "providers": [
-            _provider("main", ISS, allk,
+            # forward: true (the default is false since issue 12): these tests check the
+            # accepted token goes on unchanged.
+            _provider("main", ISS, allk, forward=True,
                       clock_skew_seconds=60, require_exp=True,
                       claims_to_headers=[{"claim": "sub", "header": "x-user"},
                                          {"claim": "org.id", "header": "x-org"}],
                       forward_payload_header="x-jwt-payload"),
             _provider("strict", ISS_STRICT, [keys["RS256"], keys["ES256"]],
                       algorithms=["RS256"], typ=["at+jwt"], max_lifetime_seconds=600),
-            _provider("src", ISS_SRC, allk,
+            _provider("src", ISS_SRC, allk, forward=True,
                       **{"from": [{"query": "access_token"}, {"cookie": "session"}]},
                       claims_to_headers=[{"claim": "sub", "header": "x-user"}]),
             _provider("srcnofwd", ISS_SRC, allk, forward=False,

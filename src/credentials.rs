@@ -62,6 +62,18 @@ pub fn extract(source: &TokenSource, headers: &[(&str, &str)], query: &str) -> F
     }
 }
 
+/// True when a header value is this source's kind of credential: any value when the source
+/// has no scheme prefix, else a value starting with it (`Basic ...` is not a `Bearer `
+/// source's credential).
+pub fn is_credential_value(source: &TokenSource, value: &str) -> bool {
+    match source {
+        TokenSource::Header {
+            prefix: Some(p), ..
+        } => strip_prefix_ignore_case(value, p).is_some(),
+        _ => true,
+    }
+}
+
 fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     let head = value.get(..prefix.len())?;
     if head.eq_ignore_ascii_case(prefix) {
@@ -109,27 +121,49 @@ fn cookies<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a s
         .map(|(k, v)| (k.trim(), v.trim()))
 }
 
-/// The `:path` without the query parameter `param`.
-pub fn path_without_query_param(path: &str, query: &str, param: &str) -> String {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| percent_decode(p.split_once('=').map_or(p, |(k, _)| k)) != param)
-        .collect();
-    if kept.is_empty() {
+/// The `:path` without the query parameters `params`; `None` when none of them is there.
+pub fn path_without_query_params(path: &str, query: &str, params: &[&str]) -> Option<String> {
+    let is_listed = |p: &&str| {
+        let name = percent_decode(p.split_once('=').map_or(p, |(k, _)| k));
+        params.iter().any(|x| *x == name)
+    };
+    let pairs = || query.split('&').filter(|p| !p.is_empty());
+    if params.is_empty() || !pairs().any(|p| is_listed(&p)) {
+        return None;
+    }
+    let kept: Vec<&str> = pairs().filter(|p| !is_listed(p)).collect();
+    Some(if kept.is_empty() {
         path.to_string()
     } else {
         format!("{path}?{}", kept.join("&"))
-    }
+    })
 }
 
-/// The `cookie` header without cookie `name`; None when nothing is left.
-pub fn cookie_header_without(headers: &[(&str, &str)], name: &str) -> Option<String> {
+/// What removing some cookies does to the `cookie` header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CookieEdit {
+    /// None of them was there.
+    Unchanged,
+    /// The remaining cookies, joined into one header.
+    Set(String),
+    /// Nothing is left.
+    Remove,
+}
+
+/// The `cookie` header(s) without the cookies `names`.
+pub fn cookie_header_without(headers: &[(&str, &str)], names: &[&str]) -> CookieEdit {
+    if names.is_empty() || !cookies(headers).any(|(k, _)| names.contains(&k)) {
+        return CookieEdit::Unchanged;
+    }
     let kept: Vec<String> = cookies(headers)
-        .filter(|(k, _)| *k != name)
+        .filter(|(k, _)| !names.contains(k))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    if kept.is_empty() {
+        CookieEdit::Remove
+    } else {
+        CookieEdit::Set(kept.join("; "))
+    }
 }
 
 #[cfg(test)]
@@ -203,17 +237,41 @@ mod tests {
     #[test]
     fn credential_removal() {
         assert_eq!(
-            path_without_query_param("/p", "a=1&t=x&b=2", "t"),
-            "/p?a=1&b=2"
+            path_without_query_params("/p", "a=1&t=x&b=2", &["t"]).as_deref(),
+            Some("/p?a=1&b=2")
         );
-        assert_eq!(path_without_query_param("/p", "t=x", "t"), "/p");
-        let hs = h(&[("cookie", "a=1; session=x")]);
         assert_eq!(
-            cookie_header_without(&hs, "session").as_deref(),
-            Some("a=1")
+            path_without_query_params("/p", "t=x&k=y&a=1", &["t", "k"]).as_deref(),
+            Some("/p?a=1")
         );
-        let hs = h(&[("cookie", "session=x")]);
-        assert_eq!(cookie_header_without(&hs, "session"), None);
+        assert_eq!(
+            path_without_query_params("/p", "t=x", &["t"]).as_deref(),
+            Some("/p")
+        );
+        assert_eq!(path_without_query_params("/p", "a=1", &["t"]), None);
+        assert_eq!(path_without_query_params("/p", "t=1", &[]), None);
+        let hs = h(&[("cookie", "a=1; session=x; sid=y")]);
+        assert_eq!(
+            cookie_header_without(&hs, &["session", "sid"]),
+            CookieEdit::Set("a=1".into())
+        );
+        assert_eq!(cookie_header_without(&hs, &["b"]), CookieEdit::Unchanged);
+        let hs = h(&[("cookie", "session=x"), ("cookie", "sid=y")]);
+        assert_eq!(
+            cookie_header_without(&hs, &["session", "sid"]),
+            CookieEdit::Remove
+        );
+    }
+
+    #[test]
+    fn credential_values_follow_the_scheme_prefix() {
+        assert!(is_credential_value(&bearer(), "bearer x"));
+        assert!(!is_credential_value(&bearer(), "Basic dXNlcjpwYXNz"));
+        let plain = TokenSource::Header {
+            name: "x-api-key".into(),
+            prefix: None,
+        };
+        assert!(is_credential_value(&plain, "anything"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::authz::{self, claim_at, granted_scopes};
 use crate::credentials::{self, Found};
 use crate::host::{Clock, SharedStore, SignatureHost};
+use crate::hygiene;
 use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
 use crate::policy::{
     Access, ApiKeySet, KeyPart, KeySource, Policy, PrincipalRef, Provider, Route, TokenSource,
@@ -287,14 +288,21 @@ impl Engine {
             return deny(decision, d);
         }
 
-        // Headers apiguard writes are never taken from the client, on any route.
+        // The method the upstream will act on is the one routed, authorized and charged.
+        let method =
+            match hygiene::effective_method(req.method, req.headers, policy.method_override) {
+                Ok(m) => m,
+                Err(d) => return deny(decision, *d),
+            };
+        let req = &RequestHead {
+            method: &method,
+            ..*req
+        };
+
+        // Headers apiguard writes are never taken from the client, in any spelling an
+        // upstream could read as theirs, on any route; nor are URL overrides.
         let mut mutations = Mutations {
-            remove_headers: policy
-                .owned_headers
-                .iter()
-                .filter(|h| req.headers.iter().any(|(n, _)| n == h))
-                .cloned()
-                .collect(),
+            remove_headers: hygiene::smuggled_headers(req.headers, &policy.owned_headers),
             ..Mutations::default()
         };
 
@@ -424,33 +432,21 @@ impl Engine {
             decision.verdict = Verdict::Allow(mutations);
             return decision;
         };
-        if let Principal::Jwt { provider, verified } = &principal {
+        if let Principal::Jwt {
+            provider, verified, ..
+        } = &principal
+        {
             if let Some(provider) = policy.providers.get(*provider) {
                 add_upstream_headers(provider, verified, &mut mutations);
             }
         }
-        // Every credential the route's sources say not to forward is removed, not only the
-        // one that authenticated: an unused API key must not reach the upstream either.
-        if let Access::Principals(refs) = &route.access {
-            for r in refs {
-                let sources = match *r {
-                    PrincipalRef::Jwt(i) => policy
-                        .providers
-                        .get(i)
-                        .filter(|p| !p.forward)
-                        .map(|p| &p.sources),
-                    PrincipalRef::ApiKey(i) => policy
-                        .api_key_sets
-                        .get(i)
-                        .filter(|s| !s.forward)
-                        .map(|s| &s.sources),
-                    PrincipalRef::ClientCert(_) => None,
-                };
-                if let Some(sources) = sources {
-                    remove_credential(sources, req, path, query, &mut mutations);
-                }
-            }
-        }
+        strip_credentials(
+            &policy,
+            principal.forwarded_source(&policy),
+            req,
+            (path, query),
+            &mut mutations,
+        );
         decision.verdict = Verdict::Allow(mutations);
         decision
     }
@@ -487,7 +483,7 @@ impl Engine {
                     let Some(provider) = policy.providers.get(id) else {
                         continue;
                     };
-                    for source in &provider.sources {
+                    for (si, source) in provider.sources.iter().enumerate() {
                         let token = match credentials::extract(source, req.headers, query) {
                             Found::None => continue,
                             Found::Ambiguous => return Err(ambiguous()),
@@ -520,6 +516,7 @@ impl Engine {
                             return Ok(Principal::Jwt {
                                 provider: id,
                                 verified: hit,
+                                source: si,
                             });
                         }
                         metrics.incr("apiguard.jwt.cache_miss");
@@ -530,6 +527,7 @@ impl Engine {
                                 return Ok(Principal::Jwt {
                                     provider: id,
                                     verified: v,
+                                    source: si,
                                 });
                             }
                             Err(e) => {
@@ -547,14 +545,20 @@ impl Engine {
                     let Some(set) = policy.api_key_sets.get(id) else {
                         continue;
                     };
-                    for source in &set.sources {
+                    for (si, source) in set.sources.iter().enumerate() {
                         let presented = match credentials::extract(source, req.headers, query) {
                             Found::None => continue,
                             Found::Ambiguous => return Err(ambiguous()),
                             Found::Token(t) => t,
                         };
                         match find_api_key(set, &presented) {
-                            Some(key) => return Ok(Principal::ApiKey { set: id, key }),
+                            Some(key) => {
+                                return Ok(Principal::ApiKey {
+                                    set: id,
+                                    key,
+                                    source: si,
+                                })
+                            }
                             None => {
                                 failure.get_or_insert_with(|| {
                                     let mut d = Denial::new(
@@ -647,6 +651,10 @@ fn apply_limits(
                 KeyPart::ClientIp { trusted_hops } => {
                     let xff = joined_header(req.headers, "x-forwarded-for");
                     let peer = req.peer.address().unwrap_or_default();
+                    if key::peer_is_from_header(&peer) {
+                        // Envoy lacks `use_remote_address: true`: such clients share a bucket.
+                        metrics.incr("apiguard.client_ip.peer_from_header");
+                    }
                     format!(
                         "ip={}",
                         key::client_ip(xff.as_deref(), *trusted_hops, &peer)
@@ -840,15 +848,17 @@ fn cert_claims(uri_san: Option<&str>, subject: Option<&str>) -> Map<String, Valu
     claims
 }
 
-/// Who authenticated.
+/// Who authenticated, and from which of its sources (`from`) the credential came.
 enum Principal {
     Jwt {
         provider: usize,
         verified: Rc<Verified>,
+        source: usize,
     },
     ApiKey {
         set: usize,
         key: usize,
+        source: usize,
     },
     ClientCert {
         claims: Map<String, Value>,
@@ -861,13 +871,32 @@ impl Principal {
     fn claims<'a>(&'a self, policy: &'a Policy) -> &'a Map<String, Value> {
         match self {
             Principal::Jwt { verified, .. } => &verified.claims,
-            Principal::ApiKey { set, key } => {
+            Principal::ApiKey { set, key, .. } => {
                 match policy.api_key_sets.get(*set).and_then(|s| s.keys.get(*key)) {
                     Some(k) => &k.claims,
                     None => NO_CLAIMS.get_or_init(Map::new),
                 }
             }
             Principal::ClientCert { claims } => claims,
+        }
+    }
+
+    /// Where the accepted credential came from, when its source says to forward it.
+    fn forwarded_source<'a>(&self, policy: &'a Policy) -> Option<&'a TokenSource> {
+        match *self {
+            Principal::Jwt {
+                provider, source, ..
+            } => policy
+                .providers
+                .get(provider)
+                .filter(|p| p.forward)
+                .and_then(|p| p.sources.get(source)),
+            Principal::ApiKey { set, source, .. } => policy
+                .api_key_sets
+                .get(set)
+                .filter(|s| s.forward)
+                .and_then(|s| s.sources.get(source)),
+            Principal::ClientCert { .. } => None,
         }
     }
 
@@ -916,29 +945,56 @@ fn header_value(v: &Value) -> Option<String> {
     (!s.chars().any(char::is_control)).then_some(s)
 }
 
-fn remove_credential(
-    sources: &[TokenSource],
+/// Removes every credential the policy reads (any provider's or key set's source, not only
+/// the route's) except `kept`, the one that authenticated when its source forwards it. A
+/// forged token beside a valid API key, or an expired header token beside a valid cookie,
+/// never reaches the upstream, whatever `forward` says: the upstream sees only what
+/// apiguard accepted. Header credentials go in every spelling a CGI/WSGI upstream reads as
+/// the same header. Only credentials present in the request cost a host call.
+fn strip_credentials(
+    policy: &Policy,
+    kept: Option<&TokenSource>,
     req: &RequestHead,
-    path: &str,
-    query: &str,
+    (path, query): (&str, &str),
     m: &mut Mutations,
 ) {
+    let sources = policy
+        .providers
+        .iter()
+        .flat_map(|p| p.sources.iter())
+        .chain(policy.api_key_sets.iter().flat_map(|s| s.sources.iter()));
+    let (mut params, mut cookies): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
     for source in sources {
         match source {
-            TokenSource::Header { name, .. } => m.remove_headers.push(name.clone()),
-            TokenSource::Query(param) => {
-                // Chain with an earlier removal so several query credentials all go.
-                let current = m.new_path.clone();
-                let (p, q) = current.as_deref().map_or((path, query), split_query);
-                m.new_path = Some(credentials::path_without_query_param(p, q, param));
-            }
-            TokenSource::Cookie(name) => {
-                match credentials::cookie_header_without(req.headers, name) {
-                    Some(rest) => m.set_headers.push(("cookie".into(), rest)),
-                    None => m.remove_headers.push("cookie".into()),
+            TokenSource::Header { name, .. } => {
+                let kept_name = match kept {
+                    Some(TokenSource::Header { name: k, .. }) => Some(k.as_str()),
+                    _ => None,
+                };
+                for (h, v) in req.headers {
+                    let strip = kept_name != Some(*h)
+                        && hygiene::same_header(h, name)
+                        && credentials::is_credential_value(source, v)
+                        && !m.remove_headers.iter().any(|r| r == h);
+                    if strip {
+                        m.remove_headers.push((*h).to_string());
+                    }
                 }
             }
+            TokenSource::Query(p) if kept != Some(source) => params.push(p),
+            TokenSource::Cookie(c) if !matches!(kept, Some(TokenSource::Cookie(k)) if k == c) => {
+                cookies.push(c)
+            }
+            _ => {}
         }
+    }
+    if let Some(new_path) = credentials::path_without_query_params(path, query, &params) {
+        m.new_path = Some(new_path);
+    }
+    match credentials::cookie_header_without(req.headers, &cookies) {
+        credentials::CookieEdit::Unchanged => {}
+        credentials::CookieEdit::Set(rest) => m.set_headers.push(("cookie".into(), rest)),
+        credentials::CookieEdit::Remove => m.remove_headers.push("cookie".into()),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod headermap;
 pub mod host;
 pub mod hostcrypto;
+pub mod hygiene;
 pub mod jwks_sync;
 pub mod jwt;
 /// OpenAPI import for the CLI: native only, never in the Wasm module.

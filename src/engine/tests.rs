@@ -133,7 +133,8 @@ fn valid_token_sets_claim_headers_and_principal() {
         &[("authorization", &auth), ("x-org", "evil")],
     );
     let m = allowed(&d);
-    assert_eq!(m.remove_headers, vec!["x-org"]);
+    // `forward` defaults to false (as jwt_authn and Istio): the token goes too.
+    assert_eq!(m.remove_headers, vec!["x-org", "authorization"]);
     assert!(m.set_headers.contains(&("x-user".into(), "alice".into())));
     assert!(m.set_headers.contains(&("x-org".into(), "acme".into())));
     assert_eq!(d.principal.as_deref(), Some("alice"));
@@ -263,12 +264,24 @@ fn forward_false_removes_each_credential_source() {
         &mut e,
         "GET",
         &format!("/items/1?a=1&access_token={READ}"),
-        &[("cookie", "x=1")],
+        &[
+            ("cookie", "x=1; session=y"),
+            ("authorization", "Bearer zzz"),
+        ],
     );
     let m = allowed(&d);
     assert_eq!(m.new_path.as_deref(), Some("/items/1?a=1"));
     assert!(m.remove_headers.contains(&"authorization".to_string()));
     assert!(m.set_headers.contains(&("cookie".into(), "x=1".into())));
+    // Nothing to remove costs nothing: no header removal or cookie rewrite for absent ones.
+    let (d, _) = run(
+        &mut e,
+        "GET",
+        &format!("/items/1?access_token={READ}"),
+        &[("cookie", "x=1")],
+    );
+    let m = allowed(&d);
+    assert!(m.remove_headers.is_empty() && m.set_headers.iter().all(|(h, _)| h != "cookie"));
 }
 
 #[test]
@@ -554,4 +567,224 @@ fn validation_head_and_body_plan() {
         .unwrap_err();
     assert_eq!((err.status, err.reason), (400, "invalid_body"));
     assert!(err.body(None).contains("additionalProperties"));
+}
+
+// ---- security review (issue 12): what reaches the upstream ----
+
+fn engine_from(policy: serde_json::Value) -> Engine {
+    Engine::new(Rc::new(
+        Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}")),
+    ))
+}
+
+/// A JWT provider that forwards (header and cookie sources) and an API-key set that
+/// forwards too: whatever `forward` says, only the accepted credential may go upstream.
+fn forwarding_engine() -> Engine {
+    engine_from(json!({
+        "providers": [provider(json!({"forward": true, "from": [
+            {"header": "authorization", "prefix": "Bearer "}, {"cookie": "session"}]}))],
+        "api_keys": [{"name": "partners", "forward": true, "keys": [
+            {"client_id": "partner-a", "sha256": PARTNER_KEY_SHA256, "scopes": ["items:read"]}]}],
+        "routes": [
+            {"name": "items", "match": {"prefix": "/items"}, "providers": ["test", "partners"]},
+            {"name": "keys-only", "match": {"prefix": "/keys"}, "providers": ["partners"]},
+        ]
+    }))
+}
+
+const ALG_NONE: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWRtaW4ifQ.";
+
+#[test]
+fn forged_token_beside_a_valid_api_key_is_removed() {
+    let mut e = forwarding_engine();
+    let forged = format!("Bearer {ALG_NONE}");
+    for path in ["/items/1", "/keys/1"] {
+        let (d, _) = run(
+            &mut e,
+            "GET",
+            path,
+            &[("authorization", &forged), ("x-api-key", "k-partner-a")],
+        );
+        let m = allowed(&d);
+        assert_eq!(d.principal.as_deref(), Some("partner-a"), "{path}");
+        assert!(m.remove_headers.contains(&"authorization".into()), "{path}");
+        assert!(!m.remove_headers.contains(&"x-api-key".into()), "{path}");
+    }
+}
+
+#[test]
+fn rejected_header_token_beside_a_valid_cookie_token_is_removed() {
+    let mut e = forwarding_engine();
+    let forged = format!("Bearer {ALG_NONE}");
+    let cookie = format!("theme=dark; session={WRITE}");
+    let (d, _) = run(
+        &mut e,
+        "GET",
+        "/items/1",
+        &[
+            ("authorization", &forged),
+            ("cookie", &cookie),
+            ("x_api_key", "smuggled"),
+        ],
+    );
+    let m = allowed(&d);
+    assert_eq!(d.principal.as_deref(), Some("alice"));
+    assert_eq!(m.remove_headers, vec!["authorization", "x_api_key"]);
+    // the accepted cookie stays (forward: true): no cookie rewrite
+    assert!(m.set_headers.iter().all(|(h, _)| h != "cookie"));
+}
+
+#[test]
+fn a_client_certificate_principal_forwards_no_bearer_credential() {
+    let mut e = engine_from(json!({
+        "providers": [provider(json!({"forward": true}))],
+        "client_certs": [{"name": "mesh", "uri_sans": ["spiffe://a"]}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "providers": ["mesh", "test"]}]
+    }));
+    let forged = format!("Bearer {ALG_NONE}");
+    let d = run_peer(
+        &mut e,
+        "/x",
+        &[("authorization", &forged)],
+        Some("spiffe://a"),
+    );
+    assert_eq!(allowed(&d).remove_headers, vec!["authorization"]);
+    // another scheme is not a bearer credential: the upstream may use it
+    let d = run_peer(
+        &mut e,
+        "/x",
+        &[("authorization", "Basic eDp5")],
+        Some("spiffe://a"),
+    );
+    assert!(allowed(&d).remove_headers.is_empty());
+}
+
+#[test]
+fn owned_headers_are_removed_in_every_spelling() {
+    let (d, _) = run(
+        &mut engine(),
+        "GET",
+        "/healthz",
+        &[
+            ("x_user", "admin"),
+            ("X_USER", "admin"),
+            ("x_org", "acme"),
+            ("x-users", "kept"),
+            ("x_original_url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+        ],
+    );
+    assert_eq!(
+        allowed(&d).remove_headers,
+        vec![
+            "x_user",
+            "X_USER",
+            "x_org",
+            "x_original_url",
+            "x-rewrite-url"
+        ]
+    );
+}
+
+#[test]
+fn method_override_is_refused_by_default() {
+    let auth = format!("Bearer {WRITE}");
+    let (d, m) = run(
+        &mut engine(),
+        "POST",
+        "/items",
+        &[
+            ("authorization", &auth),
+            ("x-http-method-override", "DELETE"),
+        ],
+    );
+    let x = denial(&d);
+    assert_eq!((x.status, x.reason), (400, "method_override"));
+    assert_eq!(m.0, vec!["apiguard.denied.method_override"]);
+}
+
+#[test]
+fn honored_method_override_is_routed_as_the_overridden_method() {
+    let mut e = engine_from(json!({
+        "method_override": "honor",
+        "providers": [provider(json!({}))],
+        "routes": [
+            {"name": "write", "match": {"prefix": "/items", "methods": ["POST"]}, "providers": ["test"]},
+            {"name": "read", "match": {"prefix": "/items", "methods": ["GET"]}, "providers": ["test"]},
+        ]
+    }));
+    let auth = format!("Bearer {WRITE}");
+    // DELETE has no route: refused as a DELETE would be
+    let (d, _) = run(
+        &mut e,
+        "POST",
+        "/items/1",
+        &[
+            ("authorization", &auth),
+            ("x-http-method-override", "delete"),
+        ],
+    );
+    assert_eq!(denial(&d).reason, "no_route");
+    let (d, _) = run(
+        &mut e,
+        "POST",
+        "/items/1",
+        &[("authorization", &auth), ("x-method-override", "GET")],
+    );
+    allowed(&d);
+    assert_eq!(d.route.as_deref(), Some("read"));
+    let (d, _) = run(
+        &mut e,
+        "GET",
+        "/items/1",
+        &[("authorization", &auth), ("x-http-method", "POST")],
+    );
+    assert_eq!(denial(&d).reason, "method_override");
+}
+
+#[test]
+fn client_ip_from_a_header_derived_peer_shares_one_bucket() {
+    let mut e = engine_from(json!({
+        "limits": [{"name": "per-ip", "capacity": 2, "key": [{"client_ip": {"trusted_hops": 0}}]}],
+        "routes": [{"name": "p", "match": {"prefix": "/"}, "public": true, "limits": ["per-ip"]}]
+    }));
+    let store = FakeStore::default();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let mut statuses = Vec::new();
+    let mut counted = Counted::default();
+    for i in 0..4 {
+        // What Envoy reports without use_remote_address: the spoofed XFF entry, port 0.
+        let addr = format!("6.6.6.{i}:0");
+        let xff = format!("6.6.6.{i}");
+        let headers = [("x-forwarded-for", xff.as_str())];
+        let d = e.on_request_headers(
+            &RequestHead {
+                method: "GET",
+                path: "/x",
+                headers: &headers,
+                request_id: None,
+                peer: &KnownPeer {
+                    address: Some(&addr),
+                    uri_san: None,
+                    subject: None,
+                },
+                end_of_stream: true,
+            },
+            &Host {
+                clock: &clock,
+                crypto: &NoHostCrypto,
+                store: &store,
+            },
+            &mut counted,
+        );
+        statuses.push(match d.verdict {
+            Verdict::Allow(_) => 200,
+            Verdict::Deny(x) => x.status,
+        });
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert!(counted
+        .0
+        .iter()
+        .any(|n| n == "apiguard.client_ip.peer_from_header"));
 }

@@ -39,6 +39,15 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// What a method-override header does (`method_override`, see `hygiene`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodOverride {
+    /// 400 `method_override`: the upstream would act on a method apiguard never checked.
+    Refuse,
+    /// A POST is routed, authorized and charged as the method it overrides to.
+    Honor,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmatched {
     Deny,
@@ -53,6 +62,7 @@ pub struct Policy {
     pub deny_lookalikes: bool,
     /// Upper-case methods whose other spellings are refused (standard, routed, costed).
     pub known_methods: Vec<String>,
+    pub method_override: MethodOverride,
     pub providers: Vec<Provider>,
     pub api_key_sets: Vec<ApiKeySet>,
     pub cert_sets: Vec<CertSet>,
@@ -375,6 +385,10 @@ impl TryFrom<Value> for Policy {
             },
             deny_lookalikes: raw.lookalikes != Some(RawLookalikes::Unmatched),
             known_methods,
+            method_override: match raw.method_override {
+                Some(RawMethodOverride::Honor) => MethodOverride::Honor,
+                _ => MethodOverride::Refuse,
+            },
             providers,
             api_key_sets,
             cert_sets,
@@ -537,7 +551,8 @@ fn compile_provider(
         sources,
         claims_to_headers,
         forward_payload_header,
-        forward: rp.forward.unwrap_or(true),
+        // Like Envoy's jwt_authn `forward` and Istio's `forwardOriginalToken`: not by default.
+        forward: rp.forward.unwrap_or(false),
         scope_claims,
     })
 }

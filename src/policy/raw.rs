@@ -46,6 +46,9 @@ pub struct RawPolicy {
     /// Write the per-request decision record to Envoy filter state (default true).
     #[serde(default)]
     pub decision_record: Option<bool>,
+    /// What a method-override header (`X-HTTP-Method-Override`, ...) does (default refuse).
+    #[serde(default)]
+    pub method_override: Option<RawMethodOverride>,
     #[serde(default)]
     pub routes: Vec<Value>,
 }
@@ -128,6 +131,13 @@ pub enum RawLogLevel {
 pub enum RawLookalikes {
     Deny,
     Unmatched,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMethodOverride {
+    Refuse,
+    Honor,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -32,7 +32,8 @@ fn minimal_policy_compiles_with_defaults() {
     let prov = &p.providers[0];
     assert_eq!(prov.rules.clock_skew_secs, 60);
     assert!(prov.rules.require_exp);
-    assert!(prov.forward);
+    assert!(!prov.forward, "tokens are not forwarded by default");
+    assert_eq!(p.method_override, MethodOverride::Refuse);
     assert_eq!(
         prov.sources,
         vec![TokenSource::Header {
@@ -157,4 +158,15 @@ fn yaml_and_json_give_the_same_policy() {
     );
     let p = Policy::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(p.routes.len(), 1);
+}
+
+#[test]
+fn method_override_takes_refuse_or_honor() {
+    let ok = Policy::try_from(json!({"method_override": "honor"})).map(|p| p.method_override);
+    assert_eq!(ok.ok(), Some(MethodOverride::Honor));
+    let errs = errors(json!({"method_override": "maybe"}));
+    assert!(
+        errs.iter().any(|e| e.starts_with("method_override")),
+        "{errs:?}"
+    );
 }

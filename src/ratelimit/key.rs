@@ -21,8 +21,12 @@ where
     out
 }
 
+/// The bucket key of a client whose TCP peer is unknown (see `peer_is_from_header`).
+pub const UNKNOWN_PEER: &str = "unknown-peer";
+
 /// The client address, given `x-forwarded-for` (all its values joined with `,`), the
-/// number of trusted proxies in front of us, and the connection peer.
+/// number of trusted proxies in front of us, and the connection peer as Envoy reports it
+/// (`source.address`).
 ///
 /// Each trusted proxy appends the address it received the request from, so with `N`
 /// trusted hops the client is the `N`th entry from the right; everything left of it
@@ -33,11 +37,21 @@ where
 /// If Envoy itself appends to `x-forwarded-for` (`use_remote_address: true`) before
 /// this filter runs, count that append as one hop.
 ///
+/// The peer is the TCP peer only if Envoy says so: without `use_remote_address: true` (or
+/// with `xff_num_trusted_hops` set) Envoy replaces it with an address taken from
+/// `x-forwarded-for`, and no property exposes the real one. Such a peer (see
+/// `peer_is_from_header`) is never used as a key: all of them share the `UNKNOWN_PEER`
+/// bucket, so a client that writes a new address per request still meets the limit.
+///
 /// Addresses are returned in canonical form with any port removed (`1.2.3.4:80` and
 /// `[::1]:80` give `1.2.3.4` and `::1`); an unparsable peer is returned as given.
 pub fn client_ip(xff: Option<&str>, trusted_hops: u32, peer: &str) -> String {
-    let from_peer =
-        || parse_addr(peer).map_or_else(|| peer.trim().to_string(), |ip| ip.to_string());
+    let from_peer = || {
+        if peer_is_from_header(peer) {
+            return UNKNOWN_PEER.to_string();
+        }
+        parse_addr(peer).map_or_else(|| peer.trim().to_string(), |ip| ip.to_string())
+    };
     if trusted_hops == 0 {
         return from_peer();
     }
@@ -51,6 +65,15 @@ pub fn client_ip(xff: Option<&str>, trusted_hops: u32, peer: &str) -> String {
         .nth(skip)
         .and_then(parse_addr)
         .map_or_else(from_peer, |ip| ip.to_string())
+}
+
+/// True when Envoy's `source.address` was taken from a request header rather than the
+/// connection: Envoy builds those addresses without a port (`7.7.7.7:0`, measured in
+/// Envoy 1.40 for `x-forwarded-for`), while a TCP peer always has one.
+pub fn peer_is_from_header(peer: &str) -> bool {
+    peer.trim()
+        .parse::<SocketAddr>()
+        .is_ok_and(|sa| sa.port() == 0)
 }
 
 /// An IP address, bare, bracketed, or with a port.
@@ -105,6 +128,27 @@ mod tests {
         assert_eq!(client_ip(Some("1.2.3.4,"), 1, "9.9.9.9"), "9.9.9.9");
         assert_eq!(client_ip(Some(""), 1, "[::2]:1"), "::2");
         assert_eq!(client_ip(None, 0, " not-an-ip "), "not-an-ip");
+    }
+
+    #[test]
+    fn a_peer_envoy_took_from_a_header_is_never_a_key() {
+        // Without `use_remote_address`, Envoy reports the last x-forwarded-for entry as the
+        // peer, with port 0: every such request shares one bucket.
+        for peer in ["7.7.7.7:0", "[2001:db8::1]:0", " 1.2.3.4:0 "] {
+            assert!(peer_is_from_header(peer), "{peer}");
+            assert_eq!(client_ip(Some("7.7.7.7"), 0, peer), UNKNOWN_PEER);
+            assert_eq!(client_ip(None, 3, peer), UNKNOWN_PEER);
+            assert_eq!(client_ip(Some("1.1.1.1, x"), 1, peer), UNKNOWN_PEER);
+        }
+        // Trusted hops still read the header; a real TCP peer is still the peer.
+        assert_eq!(
+            client_ip(Some("9.9.9.9, 1.1.1.1"), 1, "1.1.1.1:0"),
+            "1.1.1.1"
+        );
+        for peer in ["127.0.0.1:41432", "[::1]:443", "10.0.0.2", "pipe"] {
+            assert!(!peer_is_from_header(peer), "{peer}");
+        }
+        assert_eq!(client_ip(Some("6.6.6.6"), 0, "10.0.0.2:4000"), "10.0.0.2");
     }
 
     proptest! {
