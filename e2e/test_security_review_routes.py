@@ -173,7 +173,9 @@ def jwk_setup(module_envoy_factory):
             k.pop("use", None)  # RFC 7517: use and key_ops should not appear together
     srv = JwksServer(jwks, issuer=ISS).start()
     policy = {
-        "providers": [{"name": "idp", "issuer": ISS, "audiences": [AUD],
+        # forward: true (the default is false since issue 12 finding 2): the test checks
+        # the accepted token reached the upstream.
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": [AUD], "forward": True,
                        "jwks": {"remote": {"cluster": "idp", "uri": srv.jwks_url,
                                            "retry_seconds": 1, "min_refetch_seconds": 1}}}],
         "routes": [{"name": "api", "match": {"prefix": "/api"}, "providers": ["idp"]}],
