@@ -11,12 +11,15 @@ ENVOY       := $(VENV)/bin/envoy
 WASM_TARGET := wasm32-wasip1
 WASM        := target/$(WASM_TARGET)/release/apiguard.wasm
 CLI         := target/cli/apiguard
+# The rate limit service for global limits (rls/, its own Cargo workspace), debug build:
+# it only serves tests and the demo, and builds in about half the time of a release.
+RLS         := rls/target/debug/apiguard-rls
 GIT_REV     := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy
+.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
@@ -33,7 +36,12 @@ $(ENVOY): e2e/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r e2e/requirements.txt
 	@touch $@
 
-deps: .wasm-target.stamp $(ENVOY)
+# Debian's redis-server holds the global-limit counters in the tests (started per test
+# module on a free port, no persistence); not run as a system service.
+redis:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+
+deps: .wasm-target.stamp $(ENVOY) redis
 
 # --- builds ---------------------------------------------------------------------------
 $(WASM): .wasm-target.stamp $(RUST_SRC)
@@ -43,8 +51,13 @@ $(WASM): .wasm-target.stamp $(RUST_SRC)
 $(CLI): $(RUST_SRC)
 	cargo build --profile cli --bin apiguard
 
+$(RLS): $(shell find rls/src -name '*.rs') rls/Cargo.toml rls/Cargo.lock src/rls_proto.rs
+	cargo build --manifest-path rls/Cargo.toml --locked
+	@touch $@
+
 wasm: $(WASM)
 cli: $(CLI)
+rls: $(RLS)
 
 envoy-config: $(CLI)
 	$(PY) envoy/render.py
@@ -64,6 +77,7 @@ run: deps $(WASM) $(CLI)
 unit:
 	scripts/fetch-json-schema-suite.sh
 	cargo test --lib --bins --tests
+	cargo test --manifest-path rls/Cargo.toml --locked
 
 # The same unit tests compiled to 32-bit Wasm and run under wasmtime (PyPI wheel), as
 # Envoy runs the module: what host-only tests cannot see (usize, stack, no threads).
@@ -72,10 +86,10 @@ unit-wasm: deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
 		cargo test --profile wasm-test --target $(WASM_TARGET) --lib
 
-e2e: deps $(WASM)
+e2e: deps $(WASM) $(RLS)
 	$(PY) envoy/render.py --check
 	cargo build --bin apiguard
-	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath target/debug/apiguard) \
+	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath target/debug/apiguard) APIGUARD_RLS=$(abspath $(RLS)) \
 		$(PY) -m pytest e2e -q -p no:cacheprovider
 
 # fuzz-smoke last: a crash it finds fails the run, after the functional tests reported.
@@ -85,6 +99,8 @@ lint: .wasm-target.stamp
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+	cargo fmt --manifest-path rls/Cargo.toml -- --check
+	cargo clippy --manifest-path rls/Cargo.toml --all-targets --locked -- -D warnings
 
 fmt:
 	cargo fmt --all

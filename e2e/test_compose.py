@@ -69,7 +69,12 @@ def wait_ok(url: str, procs: list[subprocess.Popen], timeout: float = 30.0) -> N
 
 def test_compose_file_shape():
     services = COMPOSE["services"]
-    assert set(services) == {"upstream", "jwks", "envoy"}
+    assert set(services) == {"upstream", "jwks", "envoy", "redis", "ratelimit", "limitador"}
+    # The rate limit services are opt-in (profile `global`), with their official images.
+    for name in ("redis", "ratelimit", "limitador"):
+        assert services[name]["profiles"] == ["global"]
+    assert services["ratelimit"]["image"].startswith("envoyproxy/ratelimit:")
+    assert services["limitador"]["image"].startswith("quay.io/kuadrant/limitador:")
     assert all(s.get("network_mode") == "host" for s in services.values())
     # The official Envoy image of the release the suite tests.
     assert services["envoy"]["image"].startswith("envoyproxy/envoy:v1.40")

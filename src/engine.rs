@@ -100,6 +100,8 @@ pub struct Decision {
     pub response_headers: Vec<(String, String)>,
     /// Set when the body still has to be checked before the request may go upstream.
     pub body: Option<BodyCheck>,
+    /// Rate limit service calls to make (global limits) before the request may continue.
+    pub global: Vec<crate::ratelimit::global::GlobalCall>,
 }
 
 /// A pending body check: which route's rules, and whether to buffer or only count.
@@ -242,8 +244,9 @@ impl Engine {
     ) -> Decision {
         let decision = self.decide(req, host.clock, host.crypto, host.store, metrics);
         match &decision.verdict {
-            // A request whose body is still to be checked is counted when that is done.
-            Verdict::Allow(_) if decision.body.is_some() => {}
+            // A request whose body or global limits are still to be checked is counted
+            // when that is done.
+            Verdict::Allow(_) if decision.body.is_some() || !decision.global.is_empty() => {}
             Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
             Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
         }
@@ -268,6 +271,7 @@ impl Engine {
             refetch: Vec::new(),
             response_headers: Vec::new(),
             body: None,
+            global: Vec::new(),
         };
         let deny = |mut d: Decision, denial: Denial| {
             d.verdict = Verdict::Deny(denial);
@@ -427,6 +431,7 @@ impl Engine {
         ) {
             return deny(decision, *d);
         }
+        decision.global = global_calls(&policy, route, req, claims);
 
         let Some(principal) = principal else {
             decision.verdict = Verdict::Allow(mutations);
@@ -640,7 +645,7 @@ fn apply_limits(
     use crate::ratelimit::{acquire, headers, key, Acquire};
     let mut tightest: Option<(u64, String, &str)> = None;
     for &li in &route.limits {
-        let Some(limit) = policy.limits.get(li) else {
+        let Some(limit) = policy.limits.get(li).filter(|l| l.global.is_none()) else {
             continue;
         };
         let name = &limit.spec.name;
@@ -796,6 +801,55 @@ fn lookalike_path(policy: &Policy, method: &str, path: &str) -> Option<(String, 
         "the path differs from a route only by letter case or a trailing slash",
     );
     Some((route.name.clone(), d))
+}
+
+/// The rate limit service calls for the route's global limits (after its local limits
+/// admitted the request, so a flood is shed here without a network hop).
+fn global_calls(
+    policy: &Policy,
+    route: &Route,
+    req: &RequestHead,
+    claims: &Map<String, Value>,
+) -> Vec<crate::ratelimit::global::GlobalCall> {
+    use crate::ratelimit::{global, key};
+    let mut calls = Vec::new();
+    for &li in &route.limits {
+        let Some((limit, spec)) = policy
+            .limits
+            .get(li)
+            .and_then(|l| l.global.as_ref().map(|g| (l, g)))
+        else {
+            continue;
+        };
+        let parts = limit
+            .key
+            .iter()
+            .map(|part| match part {
+                KeyPart::ClientIp { trusted_hops } => {
+                    let xff = joined_header(req.headers, "x-forwarded-for");
+                    let peer = req.peer.address().unwrap_or_default();
+                    let ip = key::client_ip(xff.as_deref(), *trusted_hops, &peer);
+                    ("client_ip".to_string(), ip)
+                }
+                KeyPart::Claim(path) => {
+                    (format!("claim.{path}"), global::claim_value(claims, path))
+                }
+                KeyPart::Header(h) => (
+                    format!("header.{h}"),
+                    joined_header(req.headers, h).unwrap_or_default(),
+                ),
+                KeyPart::Route => ("route".to_string(), route.name.clone()),
+                KeyPart::Constant(c) => ("constant".to_string(), c.clone()),
+            })
+            .collect();
+        let cost = limit.cost(req.method);
+        if cost == 0 {
+            continue; // a free request: nothing to count
+        }
+        let descriptor = global::descriptor(&limit.spec.name, parts);
+        calls.push(global::call(li, spec, descriptor, cost));
+    }
+    calls
 }
 
 /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).

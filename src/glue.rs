@@ -32,6 +32,9 @@ const GIT_REVISION: &str = match option_env!("APIGUARD_GIT_REVISION") {
 };
 const TICK: Duration = Duration::from_millis(250);
 
+#[path = "glue_global.rs"]
+mod global;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
@@ -369,6 +372,7 @@ impl RootContext for Root {
             route: None,
             request_id: None,
             response_headers: Vec::new(),
+            global: None,
         }))
     }
 
@@ -495,9 +499,15 @@ struct Request {
     request_id: Option<String>,
     /// Added to the response of an allowed request (`RateLimit` headers).
     response_headers: Vec<(String, String)>,
+    /// Rate limit service calls in flight (global limits).
+    global: Option<global::Pending>,
 }
 
-impl Context for Request {}
+impl Context for Request {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.global_reply(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -555,6 +565,11 @@ impl HttpContext for Request {
     /// Validation of the body: `Buffer` pauses (Envoy buffers) until the end of the
     /// stream, then checks it whole; `Limit` lets chunks through and only counts them.
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Global limits undecided yet: the body waits (checked when they admit).
+        if let Some(pending) = &mut self.global {
+            pending.body_ended |= end_of_stream;
+            return Action::Pause;
+        }
         let (Some(check), Some(worker)) = (self.body, self.worker.clone()) else {
             return Action::Continue;
         };
@@ -599,6 +614,10 @@ impl HttpContext for Request {
     /// A stream that ends with trailers never calls the body callback with
     /// `end_of_stream`: finish the body check here, or it would be skipped.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(pending) = &mut self.global {
+            pending.body_ended = true;
+            return Action::Pause;
+        }
         let Some(check) = self.body else {
             return Action::Continue;
         };
@@ -660,7 +679,8 @@ impl Request {
     fn apply(&mut self, mut decision: Decision, request_id: Option<&str>) -> Action {
         self.response_headers = std::mem::take(&mut decision.response_headers);
         self.body = decision.body;
-        if self.body.is_some() {
+        let global = std::mem::take(&mut decision.global);
+        if self.body.is_some() || !global.is_empty() {
             self.route = decision.route.clone();
             self.request_id = request_id.map(str::to_string);
         }
@@ -698,6 +718,9 @@ impl Request {
                 if let Some(path) = &m.new_path {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
+                }
+                if !global.is_empty() {
+                    return self.start_global(global, decision.principal, hold);
                 }
                 if hold {
                     Action::Pause

@@ -22,4 +22,5 @@ pub mod routes;
 #[cfg(target_arch = "wasm32")]
 mod glue;
 pub mod ratelimit;
+pub mod rls_proto;
 pub mod validate;

@@ -167,6 +167,8 @@ pub struct Limit {
     pub policy_header: String,
     /// Stat names, built once rather than formatted per request.
     pub counters: LimitCounters,
+    /// Set for a limit decided by a rate limit service (`ratelimit::global`).
+    pub global: Option<crate::ratelimit::global::GlobalSpec>,
 }
 
 /// `apiguard.ratelimit.<name>.<outcome>` for one limit.
@@ -868,6 +870,7 @@ fn compile_condition(
 fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit> {
     use crate::ratelimit::{headers::policy_for, LimitSpec};
     let start = errors.len();
+    let local_fields = rl.capacity.is_some() || rl.refill.is_some();
     let (refill_tokens, period_ms) = match rl.refill {
         None => (0, 1000),
         Some(r) => match (r.period_seconds, r.period_ms) {
@@ -882,7 +885,26 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
             }
         },
     };
-    let mut spec = LimitSpec::new(&rl.name, rl.capacity, refill_tokens, period_ms);
+    let global = rl.global.and_then(|g| {
+        let compiled = crate::ratelimit::global::compile(g, local_fields);
+        for (field, msg) in compiled.as_ref().err().into_iter().flatten() {
+            errors.push(format!("{path}.{field}"), msg.clone());
+        }
+        compiled.ok()
+    });
+    let capacity = match (rl.capacity, &global) {
+        (Some(c), _) => c,
+        // A global limit's local spec is never used: any valid value will do.
+        (None, Some(_)) => 1,
+        (None, None) => {
+            errors.push(
+                format!("{path}.capacity"),
+                "required (or make the limit `global`)",
+            );
+            1
+        }
+    };
+    let mut spec = LimitSpec::new(&rl.name, capacity, refill_tokens, period_ms);
     if let Some(b) = rl.max_buckets {
         spec.max_buckets = b;
     }
@@ -962,6 +984,7 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
         key,
         cost_default,
         cost_by_method,
+        global,
     })
 }
 

@@ -57,7 +57,9 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
     pub name: String,
-    pub capacity: u64,
+    /// Required for a local limit; a global limit's size lives in the rate limit service.
+    #[serde(default)]
+    pub capacity: Option<u64>,
     #[serde(default)]
     pub refill: Option<RawRefill>,
     pub key: Vec<RawKeyPart>,
@@ -71,6 +73,21 @@ pub struct RawLimit {
     pub on_store_failure: Option<crate::ratelimit::FailureMode>,
     #[serde(default)]
     pub on_table_full: Option<crate::ratelimit::TableFullMode>,
+    /// Decided by a rate limit service instead of this Envoy's buckets.
+    #[serde(default)]
+    pub global: Option<RawGlobal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    /// Envoy cluster (HTTP/2) of the rate limit service.
+    pub cluster: String,
+    pub domain: String,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub on_error: Option<crate::ratelimit::FailureMode>,
 }
 
 #[derive(Debug, Deserialize)]

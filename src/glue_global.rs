@@ -1,0 +1,176 @@
+//! Glue for global limits: dispatches the engine's rate limit service calls, pauses the
+//! request, feeds each reply to `ratelimit::global::interpret` and resumes or refuses.
+//! No decisions here; only host calls. Envoy enforces each call's timeout (the reply then
+//! arrives as a failed call, DEADLINE_EXCEEDED), so a request never waits longer than the
+//! limit's `timeout_ms` for the service.
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType};
+
+use super::{log_denial, send_denial, Request};
+use crate::engine::Metrics;
+use crate::problem::Denial;
+use crate::ratelimit::global::{self, GlobalCall, Reply, Verdict};
+use crate::rls_proto;
+
+/// Calls still in flight for one request, and what the finished ones decided.
+#[derive(Default)]
+pub(super) struct Pending {
+    /// (gRPC call token, index into `Policy::limits`).
+    calls: Vec<(u32, usize)>,
+    denial: Option<Denial>,
+    headers: Vec<(String, String)>,
+    /// Kept for the denial log.
+    principal: Option<String>,
+    /// The body ended while the calls were in flight (only with `hold_headers_for_body`,
+    /// where Envoy keeps delivering the body to a paused request).
+    pub(super) body_ended: bool,
+    /// `hold_headers_for_body`: the headers wait for the body check, not only for us.
+    hold: bool,
+}
+
+impl Request {
+    /// Dispatches every call; `Pause` until they are answered (or `Continue` / a sent
+    /// denial when none could be dispatched).
+    pub(super) fn start_global(
+        &mut self,
+        calls: Vec<GlobalCall>,
+        principal: Option<String>,
+        hold: bool,
+    ) -> Action {
+        let mut pending = Pending {
+            principal,
+            hold,
+            ..Pending::default()
+        };
+        for call in calls {
+            let token = hostcalls::dispatch_grpc_call(
+                &call.cluster,
+                rls_proto::SERVICE,
+                rls_proto::METHOD,
+                Vec::new(),
+                Some(&call.message),
+                Duration::from_millis(call.timeout_ms),
+            );
+            match token {
+                Ok(token) => pending.calls.push((token, call.limit)),
+                // An unknown cluster or a host refusal is a failure of the service.
+                Err(_) => self.record_reply(&mut pending, call.limit, Reply::Failed),
+            }
+        }
+        if pending.calls.is_empty() {
+            return self.finish_global(pending);
+        }
+        self.global = Some(pending);
+        Action::Pause
+    }
+
+    /// `on_grpc_call_response` for this request.
+    pub(super) fn global_reply(&mut self, token: u32, status_code: u32, size: usize) {
+        let Some(mut pending) = self.global.take() else {
+            return;
+        };
+        let Some(at) = pending.calls.iter().position(|(t, _)| *t == token) else {
+            self.global = Some(pending);
+            return;
+        };
+        let (_, limit) = pending.calls.swap_remove(at);
+        let body = if status_code == 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let reply = body.as_deref().map_or(Reply::Failed, Reply::Message);
+        self.record_reply(&mut pending, limit, reply);
+        if !pending.calls.is_empty() {
+            self.global = Some(pending);
+            return;
+        }
+        if self.finish_global(pending) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
+    fn record_reply(&self, pending: &mut Pending, limit: usize, reply: Reply) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let engine = worker.engine.borrow();
+        let Some(limit) = engine.policy().limits.get(limit) else {
+            return;
+        };
+        let Some(spec) = &limit.global else {
+            return;
+        };
+        let verdict = global::interpret(&limit.spec.name, spec, reply);
+        let mut metrics = worker.metrics.borrow_mut();
+        match verdict {
+            Verdict::Allowed { headers } => {
+                metrics.incr(&limit.counters.allowed);
+                if pending.headers.is_empty() {
+                    pending.headers = headers;
+                }
+            }
+            Verdict::Limited(d) => {
+                metrics.incr(&limit.counters.limited);
+                pending.denial.get_or_insert(*d);
+            }
+            Verdict::ErrorAllowed => {
+                metrics.incr(&format!("apiguard.ratelimit.{}.rls_error", limit.spec.name));
+            }
+            Verdict::ErrorDenied(d) => {
+                metrics.incr(&format!("apiguard.ratelimit.{}.rls_error", limit.spec.name));
+                pending.denial.get_or_insert(*d);
+            }
+        }
+    }
+
+    /// Every call answered: refuse, or let the request go on (to its body check if any).
+    fn finish_global(&mut self, pending: Pending) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        if let Some(denial) = pending.denial {
+            worker
+                .metrics
+                .borrow_mut()
+                .incr(&format!("apiguard.denied.{}", denial.reason));
+            self.body = None;
+            self.response_headers.clear();
+            log_denial(
+                worker.engine.borrow().policy().deny_log,
+                &denial,
+                self.route.as_deref(),
+                None,
+                pending.principal.as_deref(),
+                self.request_id.as_deref(),
+            );
+            send_denial(&denial, self.request_id.as_deref());
+            return Action::Pause;
+        }
+        let policy_wants_headers = worker.engine.borrow().policy().ratelimit_headers_on_allow;
+        // The local limits' headers, when present, came first and stay.
+        if policy_wants_headers && self.response_headers.is_empty() {
+            self.response_headers = pending.headers;
+        }
+        if self.body.is_none() {
+            worker.metrics.borrow_mut().incr("apiguard.allowed");
+            return Action::Continue;
+        }
+        if pending.body_ended {
+            let size = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
+                .ok()
+                .flatten()
+                .map_or(0, |b| b.len());
+            return proxy_wasm::traits::HttpContext::on_http_request_body(self, size, true);
+        }
+        if pending.hold {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+}
