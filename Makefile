@@ -19,7 +19,7 @@ RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis
+.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis openapi-github openapi-long
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
@@ -69,6 +69,27 @@ openapi-policy: $(CLI)
 	$(CLI) openapi $(SPEC) $(if $(OVERLAY),--overlay $(OVERLAY)) > $(or $(OUT),policy.openapi.yaml).tmp
 	mv $(or $(OUT),policy.openapi.yaml).tmp $(or $(OUT),policy.openapi.yaml)
 
+# GitHub's REST API description (npm @octokit/openapi, pinned) for e2e/test_openapi.py,
+# unpacked into .cache/openapi/ (ignored by git). npm is installed when missing.
+OCTOKIT_OPENAPI := 23.0.2
+GITHUB_SPEC     := .cache/openapi/api.github.com.json
+$(GITHUB_SPEC):
+	@command -v npm >/dev/null || apt-get install -y npm || (apt-get update && apt-get install -y npm)
+	mkdir -p .cache/openapi
+	cd .cache/openapi && npm pack --silent @octokit/openapi@$(OCTOKIT_OPENAPI) >/dev/null
+	tar -xzf .cache/openapi/octokit-openapi-$(OCTOKIT_OPENAPI).tgz -C .cache/openapi --strip-components=2 package/generated/api.github.com.json
+	touch $@
+openapi-github: $(GITHUB_SPEC)
+
+# schemathesis against the five descriptions with many examples per operation (not in
+# make test; the bounded run is in e2e/test_openapi.py). Reports: target/openapi/.
+OPENAPI_LONG_EXAMPLES ?= 40
+openapi-long: deps $(WASM) $(GITHUB_SPEC)
+	cargo build --bin apiguard
+	OPENAPI_EXAMPLES=$(OPENAPI_LONG_EXAMPLES) APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) \
+		APIGUARD_CLI=$(abspath target/debug/apiguard) $(PY) -m pytest e2e/test_openapi.py -q -p no:cacheprovider
+	$(PY) e2e/openapi/summary.py target/openapi
+
 # --- run ------------------------------------------------------------------------------
 run: deps $(WASM) $(CLI)
 	@scripts/run-demo.sh
@@ -86,7 +107,7 @@ unit-wasm: deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
 		cargo test --profile wasm-test --target $(WASM_TARGET) --lib
 
-e2e: deps $(WASM) $(RLS)
+e2e: deps $(WASM) $(RLS) $(GITHUB_SPEC)
 	$(PY) envoy/render.py --check
 	cargo build --bin apiguard
 	APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) APIGUARD_CLI=$(abspath target/debug/apiguard) APIGUARD_RLS=$(abspath $(RLS)) \

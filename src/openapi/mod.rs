@@ -395,6 +395,17 @@ impl<'a> Context<'a> {
     ) -> Option<Placed> {
         let name = match out.location {
             In::Path => match template.params.iter().find(|(orig, _)| *orig == out.name) {
+                Some((_, local)) if out.multi_segment => {
+                    self.note(
+                        op,
+                        suffix,
+                        format!(
+                            "`{}` may hold `/` (x-multi-segment): such requests get no_route",
+                            out.name
+                        ),
+                    );
+                    local.clone()
+                }
                 Some((_, local)) => local.clone(),
                 None => {
                     if !template

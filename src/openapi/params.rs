@@ -35,6 +35,8 @@ pub struct ParamOut {
     pub location: In,
     pub name: String,
     pub rule: Map<String, Value>,
+    /// GitHub's `x-multi-segment: true`: a path parameter that may contain `/`.
+    pub multi_segment: bool,
 }
 
 /// Header parameters OpenAPI says are ignored (they are described elsewhere).
@@ -104,10 +106,12 @@ pub fn translate(
             }
         }
     }
+    let multi_segment = param.get("x-multi-segment") == Some(&Value::Bool(true));
     Some(ParamOut {
         location,
         name,
         rule,
+        multi_segment,
     })
 }
 
@@ -130,7 +134,7 @@ fn value_rule(
     ctx: &Ctx,
     note: &mut dyn FnMut(&str, String),
 ) -> (Map<String, Value>, bool) {
-    let (kind, nullable) = schema_type(schema, ctx.v30);
+    let (kind, nullable) = schema_type(schema);
     if nullable {
         note(
             "/schema",
@@ -171,8 +175,9 @@ fn has_composition(schema: &Value) -> bool {
 }
 
 /// The single non-null `type` (`None` when absent or ambiguous) and whether null is allowed.
-fn schema_type(schema: &Value, v30: bool) -> (Option<String>, bool) {
-    let nullable30 = v30 && schema.get("nullable").and_then(Value::as_bool) == Some(true);
+/// `nullable` is 3.0's, but 3.1 descriptions still carry it: honoured in both.
+fn schema_type(schema: &Value) -> (Option<String>, bool) {
+    let nullable30 = schema.get("nullable").and_then(Value::as_bool) == Some(true);
     match schema.get("type") {
         Some(Value::String(t)) => (Some(t.clone()), nullable30 || t == "null"),
         Some(Value::Array(list)) => {
@@ -230,7 +235,7 @@ fn array_rule(
     }
     let mut rule = match schema.get("items").map(|i| deref(doc, i)) {
         Some(Ok((items, _))) => {
-            let (kind, _) = schema_type(items, ctx.v30);
+            let (kind, _) = schema_type(items);
             if matches!(kind.as_deref(), Some("array" | "object")) || has_composition(items) {
                 note(
                     "/schema/items",
@@ -372,6 +377,17 @@ fn numeric(
         at,
         note,
     );
+    // `format: int32` / `int64` are ranges: the tighter of them and the explicit bounds.
+    let (lower, upper) = match (integer, schema.get("format").and_then(Value::as_str)) {
+        (true, Some("int32")) => tighter(lower, upper, -2_147_483_648.0, 2_147_483_647.0),
+        // +-2^63 as floats (the nearest to i64's ends): one value looser at the top.
+        (true, Some("int64")) => tighter(lower, upper, -(i64::MAX as f64), i64::MAX as f64),
+        (_, Some(f)) => {
+            note(&format!("{at}/format"), format!("format `{f}` not checked"));
+            (lower, upper)
+        }
+        _ => (lower, upper),
+    };
     if let Some(lo) = lower {
         rule.insert("minimum".into(), json!(lo));
     }
@@ -381,6 +397,13 @@ fn numeric(
     if schema.get("multipleOf").is_some() {
         note(&format!("{at}/multipleOf"), "multipleOf not checked".into());
     }
+}
+
+fn tighter(lower: Option<f64>, upper: Option<f64>, lo: f64, hi: f64) -> (Option<f64>, Option<f64>) {
+    (
+        Some(lower.map_or(lo, |l| l.max(lo))),
+        Some(upper.map_or(hi, |u| u.min(hi))),
+    )
 }
 
 /// An inclusive bound. Exclusive bounds are exact for integers (`> 4` is `>= 5`); for
@@ -484,6 +507,25 @@ mod tests {
             Value::Object(out.unwrap().rule),
             json!({"type": "integer", "minimum": 1.0})
         );
+    }
+
+    #[test]
+    fn integer_formats_are_ranges() {
+        let (out, notes) = run(
+            json!({"name": "n", "in": "query",
+            "schema": {"type": "integer", "format": "int32", "minimum": 5}}),
+            true,
+        );
+        assert_eq!(
+            Value::Object(out.unwrap().rule),
+            json!({"type": "integer", "minimum": 5.0, "maximum": 2147483647.0})
+        );
+        assert!(notes.is_empty());
+        let (out, _) = run(
+            json!({"name": "n", "in": "query", "schema": {"type": "integer", "format": "int64"}}),
+            true,
+        );
+        assert_eq!(out.unwrap().rule["minimum"], json!(-9.223372036854776e18));
     }
 
     #[test]

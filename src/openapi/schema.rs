@@ -165,9 +165,11 @@ impl<'a> Bundler<'a> {
         self.drop_read_only_required(obj, &mut out);
         if self.v30 {
             exclusive_bounds(obj, &mut out);
-            if obj.get("nullable") == Some(&Value::Bool(true)) {
-                return nullable(out);
-            }
+        }
+        // 3.1 dropped `nullable`, but descriptions still carry it and clients (schemathesis
+        // among them) honour it: accepting null too is the looser reading.
+        if obj.get("nullable") == Some(&Value::Bool(true)) {
+            return nullable(out);
         }
         Value::Object(out)
     }
@@ -191,13 +193,12 @@ impl<'a> Bundler<'a> {
             // 2020-12: siblings of `$ref` apply too.
             let rest: Map<String, Value> = obj
                 .iter()
-                .filter(|(k, _)| k.as_str() != "$ref")
+                .filter(|(k, _)| k.as_str() != "$ref" && k.as_str() != "nullable")
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if let Value::Object(extra) = self.translate(&Value::Object(rest), at, depth + 1) {
                 out.extend(extra);
             }
-            return Value::Object(out);
         }
         if obj.get("nullable") == Some(&Value::Bool(true)) {
             return nullable(out);
@@ -425,6 +426,19 @@ mod tests {
                            "ro": {"type": "string", "readOnly": true}}}),
         );
         assert_eq!(out["required"], json!(["name"]));
+    }
+
+    #[test]
+    fn nullable_is_honoured_in_31_descriptions_too() {
+        let doc = json!({"components": {"schemas": {"S": {"type": "string"}}}});
+        let (out, _) = Bundler::new(&doc, false).bundle(&json!({"properties": {
+            "a": {"type": "string", "nullable": true},
+            "b": {"$ref": "#/components/schemas/S", "nullable": true, "maxLength": 3}}}));
+        assert_eq!(out["properties"]["a"], json!({"type": ["string", "null"]}));
+        assert_eq!(
+            out["properties"]["b"],
+            json!({"anyOf": [{"$ref": "#/$defs/S", "maxLength": 3}, {"type": "null"}]})
+        );
     }
 
     #[test]

@@ -320,7 +320,11 @@ fn one_line(s: &str) -> String {
 fn typed(kind: Kind, v: &str) -> Option<Typed> {
     match kind {
         Kind::String | Kind::Enum => Some(Typed::Text),
-        Kind::Integer => parse_integer(v).map(Typed::Int),
+        // Beyond i64 an integer is still an integer (JSON Schema and OpenAPI put no range
+        // on `integer`); it is compared with bounds as a float.
+        Kind::Integer => parse_integer(v)
+            .map(Typed::Int)
+            .or_else(|| big_integer(v).map(Typed::Float)),
         Kind::Number => parse_number(v).map(Typed::Float),
         Kind::Boolean => matches!(v, "true" | "false").then_some(Typed::Other),
         Kind::Uuid => is_uuid(v).then_some(Typed::Other),
@@ -337,6 +341,17 @@ fn parse_integer(s: &str) -> Option<i64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// An integer in the grammar of `parse_integer` that does not fit in i64, as a float.
+fn big_integer(s: &str) -> Option<f64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let grammar =
+        digits.len() > 1 && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    grammar
+        .then(|| s.parse::<f64>().ok())
+        .flatten()
+        .filter(|f| f.is_finite())
 }
 
 /// The JSON number grammar (no `inf`, `NaN`, `+1`, `.5`), finite after parsing.

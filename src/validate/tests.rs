@@ -300,13 +300,39 @@ fn integer_parameters() {
         ("limit=%2B5", "type"),
         ("limit=1.0", "type"),
         ("limit=", "type"),
-        ("limit=99999999999999999999999", "type"),
+        ("limit=99999999999999999999999", "maximum"),
+        ("limit=-99999999999999999999999", "minimum"),
         ("limit=9223372036854775807", "maximum"),
     ] {
         let f = query(&v, bad).unwrap_err();
         assert_eq!(f.reason, "invalid_query");
         assert_eq!(rules(&f), [("query/limit", rule)], "{bad}");
     }
+}
+
+#[test]
+fn integers_beyond_64_bits_are_integers() {
+    // OpenAPI `type: integer` without bounds has no range: a huge value is valid.
+    let v = compile(
+        json!({"query": {"n": {"type": "integer"}, "m": {"type": "integer", "enum": [1]}}}),
+    );
+    query(&v, "n=99999999999999999999999").unwrap();
+    query(&v, "n=-99999999999999999999999").unwrap();
+    for bad in [
+        "n=099999999999999999999",
+        "n=1e30",
+        "n=99999999999999999999.0",
+    ] {
+        assert_eq!(
+            rules(&query(&v, bad).unwrap_err()),
+            [("query/n", "type")],
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        rules(&query(&v, "m=99999999999999999999999").unwrap_err()),
+        [("query/m", "enum")]
+    );
 }
 
 #[test]
