@@ -19,7 +19,7 @@ RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis openapi-github openapi-long
+.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis openapi-github openapi-long openapi-bench
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
@@ -89,6 +89,11 @@ openapi-long: deps $(WASM) $(GITHUB_SPEC)
 	OPENAPI_EXAMPLES=$(OPENAPI_LONG_EXAMPLES) APIGUARD_WASM=$(abspath $(WASM)) APIGUARD_ENVOY=$(abspath $(ENVOY)) \
 		APIGUARD_CLI=$(abspath target/debug/apiguard) $(PY) -m pytest e2e/test_openapi.py -q -p no:cacheprovider
 	$(PY) e2e/openapi/summary.py target/openapi
+
+# The GitHub policy natively: import time, policy compile time (what on_configure does),
+# route lookup over its 1,223 routes (criterion; not in make test).
+openapi-bench: $(GITHUB_SPEC)
+	cargo bench --bench openapi
 
 # --- run ------------------------------------------------------------------------------
 run: deps $(WASM) $(CLI)
