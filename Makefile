@@ -150,6 +150,7 @@ bench: deps $(WASM)
 	command -v wrk || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	cd bench/noop-filter && cargo build --release --target $(WASM_TARGET)
+	cargo build --release --manifest-path rls/Cargo.toml --locked
 	$(PY) bench/run.py
 	cargo bench --bench core
 

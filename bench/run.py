@@ -79,7 +79,27 @@ SCENARIOS = {
     # Moderate load: one connection, one request at a time. Envoy is mostly idle, so p50 is
     # the latency a request sees, and apiguard's p50 minus the baseline's is what it adds.
     "rs256_one_token_1conn": ("GET", "/items", "rs256_one", VARIANTS),
+    # A global limit: one ShouldRateLimit call per request to apiguard-rls (rls/, release
+    # build) over Redis, both pinned to the load generator's CPU. Compare with
+    # public_get_no_auth: the difference is what the call adds.
+    "public_get_global": ("GET", "/global", None, ["baseline", "apiguard"]),
+    # A local limit in front of the global one (both admit): the local bucket's cost on
+    # top of the call.
+    "public_get_local_global": ("GET", "/local-global", None, ["baseline", "apiguard"]),
 }
+GLOBAL_SCENARIOS = {"public_get_global", "public_get_local_global"}
+RLS_BIN = pathlib.Path(os.environ.get("APIGUARD_RLS")
+                       or REPO / "rls" / "target" / "release" / "apiguard-rls")
+# Set by main() when a global scenario runs: the RLS port apiguard's `rls` cluster targets.
+RLS_PORT: int | None = None
+RLS_CONFIG = """domain: bench
+descriptors:
+  - key: limit
+    value: g
+    descriptors:
+      - key: constant
+        rate_limit: {unit: second, requests_per_unit: 4000000000}
+"""
 # Connections per scenario (default CONNECTIONS).
 SCENARIO_CONNECTIONS = {"rs256_one_token_1conn": 1}
 
@@ -200,9 +220,19 @@ def apiguard_policy() -> dict:
                        "jwks": {"inline": bench_jwks()}}],
         "limits": [{"name": "huge", "capacity": 1_000_000_000,
                     "refill": {"tokens": 1_000_000_000, "period_seconds": 1},
-                    "key": [{"claim": "sub"}], "max_buckets": 20_000}],
+                    "key": [{"claim": "sub"}], "max_buckets": 20_000},
+                   {"name": "huge_local", "capacity": 1_000_000_000,
+                    "refill": {"tokens": 1_000_000_000, "period_seconds": 1},
+                    "key": [{"constant": "all"}]},
+                   {"name": "g", "key": [{"constant": "all"}],
+                    "global": {"cluster": "rls", "domain": "bench", "timeout_ms": 1000,
+                               "on_error": "deny"}}],
         "routes": [
             {"name": "public", "match": {"path": "/public", "methods": ["GET"]}, "public": True},
+            {"name": "global", "match": {"path": "/global", "methods": ["GET"]}, "public": True,
+             "limits": ["g"]},
+            {"name": "local-global", "match": {"path": "/local-global", "methods": ["GET"]},
+             "public": True, "limits": ["huge_local", "g"]},
             {"name": "list-items", "match": {"path": "/items", "methods": ["GET"]},
              "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
             {"name": "create-item", "match": {"path": "/items", "methods": ["POST"]},
@@ -247,9 +277,21 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
         "max_request_bytes": 65536}}]
     filters = filters + [{"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    clusters = []
+    if variant == "apiguard" and RLS_PORT:
+        clusters.append({
+            "name": "rls", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "rls", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": RLS_PORT}}}}]}]},
+        })
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": [{
+        "static_resources": {"clusters": clusters, "listeners": [{
             "name": "bench",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [{"filters": [{
@@ -555,6 +597,32 @@ def write_chart(summary: dict, path: pathlib.Path) -> None:
 
 # --- main -----------------------------------------------------------------------------
 
+def start_rls(work: pathlib.Path) -> tuple[list[subprocess.Popen], int]:
+    """redis-server and apiguard-rls on free ports, on the load generator's CPU."""
+    if not RLS_BIN.exists():
+        sys.exit(f"{RLS_BIN} missing: make bench builds it")
+    redis_port, rls_port = free_port(), free_port()
+    (work / "rls.yaml").write_text(RLS_CONFIG)
+    out = open(work / "services.log", "wb")
+    procs = [subprocess.Popen(
+        ["taskset", "-c", WRK_CPU, "redis-server", "--bind", "127.0.0.1", "--port",
+         str(redis_port), "--save", "", "--appendonly", "no"],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)]
+    time.sleep(0.5)
+    procs.append(subprocess.Popen(
+        ["taskset", "-c", WRK_CPU, str(RLS_BIN), "--config", str(work / "rls.yaml"),
+         "--listen", f"127.0.0.1:{rls_port}", "--redis", f"redis://127.0.0.1:{redis_port}"],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", rls_port), timeout=0.5).close()
+            return procs, rls_port
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"apiguard-rls did not start: {(work / 'services.log').read_text()[-2000:]}")
+
+
 def main() -> int:
     if not ENVOY.exists():
         sys.exit(f"{ENVOY} missing: make deps")
@@ -594,6 +662,13 @@ def main() -> int:
             "warmup_s": WARMUP, "connections": CONNECTIONS, "tokens": NTOKENS,
             "wasm_bytes": WASM.stat().st_size, "rss_kb": {}, "notes": []}
 
+    global RLS_PORT
+    services: list[subprocess.Popen] = []
+    if GLOBAL_SCENARIOS & set(wanted):
+        services, RLS_PORT = start_rls(work)
+        meta["notes"].append("global scenarios: apiguard-rls (release) and redis-server pinned "
+                             f"to CPU {WRK_CPU} with wrk")
+
     envoys: dict[str, EnvoyProc] = {}
     raw: list[dict] = []
     needed = [v for v in ALL_VARIANTS if any(v in SCENARIOS[s][3] for s in wanted)
@@ -626,6 +701,12 @@ def main() -> int:
             if st != 200 or (v == "apiguard" and bad != 400):
                 raise RuntimeError(f"{v}: POST sanity check failed ({st}, {bad})")
 
+        if RLS_PORT:
+            for path in ("/global", "/local-global"):
+                st = request(envoys["apiguard"].port, "GET", path, {})
+                print(f"  apiguard: GET {path} -> {st}", flush=True)
+                if st != 200:
+                    raise RuntimeError(f"global limit sanity check failed ({st})")
         total = sum(len(SCENARIOS[s][3]) for s in wanted) * ROUNDS * (SECONDS + WARMUP)
         print(f"running {ROUNDS} rounds, ~{total} s of load ...", flush=True)
         for rnd in range(ROUNDS):
@@ -654,6 +735,9 @@ def main() -> int:
     finally:
         for e in envoys.values():
             e.stop()
+        for p in services:
+            p.terminate()
+            p.wait(10)
     print("memory per worker ...", flush=True)
     meta["rss_per_worker_kb"] = memory_per_worker(
         work, [v for v in ("baseline", "native_cache", "noop_wasm", "apiguard") if v in needed])

@@ -3,6 +3,7 @@
 //! One `Engine` lives in each worker VM. It owns the worker's view of the keys and the
 //! verified-token cache; everything it needs from Envoy comes in through `host` traits.
 
+use crate::ratelimit::lockout::{self, Count};
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
@@ -336,6 +337,11 @@ impl Engine {
         decision.route = Some(route.name.clone());
 
         let now = clock.now_secs();
+        if matches!(route.access, Access::Principals(_)) {
+            if let Some(d) = lockout::check(&policy, route, req, store, clock.now_millis()) {
+                return deny(decision, d);
+            }
+        }
         let principal = match &route.access {
             Access::Public => None,
             Access::Principals(principals) => match self.authenticate(
@@ -349,7 +355,12 @@ impl Engine {
                 &mut decision,
             ) {
                 Ok(p) => Some(p),
-                Err(AuthFailure::Denied(d)) => return deny(decision, *d),
+                Err(AuthFailure::Denied(d)) => {
+                    if lockout::is_auth_failure(&d) {
+                        lockout::record_failure(&policy, route, req, store, clock.now_millis());
+                    }
+                    return deny(decision, *d);
+                }
                 Err(AuthFailure::Unavailable) => {
                     let mut d = Denial::new(
                         503,
@@ -645,7 +656,11 @@ fn apply_limits(
     use crate::ratelimit::{acquire, headers, key, Acquire};
     let mut tightest: Option<(u64, String, &str)> = None;
     for &li in &route.limits {
-        let Some(limit) = policy.limits.get(li).filter(|l| l.global.is_none()) else {
+        let Some(limit) = policy
+            .limits
+            .get(li)
+            .filter(|l| l.global.is_none() && l.count == Count::Requests)
+        else {
             continue;
         };
         let name = &limit.spec.name;
@@ -817,6 +832,7 @@ fn global_calls(
         let Some((limit, spec)) = policy
             .limits
             .get(li)
+            .filter(|l| l.count == Count::Requests)
             .and_then(|l| l.global.as_ref().map(|g| (l, g)))
         else {
             continue;

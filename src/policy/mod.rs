@@ -169,6 +169,8 @@ pub struct Limit {
     pub counters: LimitCounters,
     /// Set for a limit decided by a rate limit service (`ratelimit::global`).
     pub global: Option<crate::ratelimit::global::GlobalSpec>,
+    /// `AuthFailures` for a lockout (`ratelimit::lockout`).
+    pub count: crate::ratelimit::lockout::Count,
 }
 
 /// `apiguard.ratelimit.<name>.<outcome>` for one limit.
@@ -871,6 +873,21 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
     use crate::ratelimit::{headers::policy_for, LimitSpec};
     let start = errors.len();
     let local_fields = rl.capacity.is_some() || rl.refill.is_some();
+    let count = rl.count.unwrap_or_default();
+    if count == crate::ratelimit::lockout::Count::AuthFailures {
+        if rl.global.is_some() {
+            errors.push(
+                format!("{path}.count"),
+                "a lockout (`count: auth_failures`) is local: the rate limit service protocol cannot read a bucket without charging it",
+            );
+        }
+        if rl.key.iter().any(|p| p.claim.is_some()) {
+            errors.push(
+                format!("{path}.key"),
+                "a lockout counts refused credentials, which have no verified claims: key it by client_ip, header, route or constant",
+            );
+        }
+    }
     let (refill_tokens, period_ms) = match rl.refill {
         None => (0, 1000),
         Some(r) => match (r.period_seconds, r.period_ms) {
@@ -985,6 +1002,7 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
         cost_default,
         cost_by_method,
         global,
+        count,
     })
 }
 

@@ -76,6 +76,9 @@ pub struct RawLimit {
     /// Decided by a rate limit service instead of this Envoy's buckets.
     #[serde(default)]
     pub global: Option<RawGlobal>,
+    /// `auth_failures`: a lockout (counts refused credentials, then refuses the key).
+    #[serde(default)]
+    pub count: Option<crate::ratelimit::lockout::Count>,
 }
 
 #[derive(Debug, Deserialize)]

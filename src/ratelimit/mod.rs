@@ -62,6 +62,7 @@ pub mod global;
 mod hash;
 pub mod headers;
 pub mod key;
+pub mod lockout;
 pub mod shared;
 
 #[cfg(test)]
