@@ -197,3 +197,100 @@ def test_jwk_whose_key_ops_or_use_exclude_verify_cannot_verify(jwk_setup, echo):
         resp = envoy.get("/api/x", bearer(forged))
         never_upstream(echo, before, resp)
         assert resp.status == 401, (kid, resp)
+
+
+# --- finding 6: JSON members that differ only by case; `format` assertion -----------------
+
+def body_policy(switches: bool) -> dict:
+    """`switches`: the routes that use this issue's new fields (their own Envoy, so the
+    attack routes also load into a module built before the fix)."""
+    schema = {"type": "object", "required": ["amount"],
+              "properties": {"amount": {"type": "integer", "minimum": 0},
+                             "lines": {"type": "array", "items": {"type": "object"}}}}
+    fmt = {"type": "object", "properties": {"email": {"type": "string", "format": "email"},
+                                            "id": {"type": "string", "format": "uuid"}}}
+    limit = {"limit": {"type": "integer", "minimum": 1, "maximum": 100}}
+    routes = [
+        {"name": "pay", "match": {"path": "/pay", "methods": ["POST"]}, "public": True,
+         "validate": {"body": {"schema": schema}}},
+        {"name": "signup", "match": {"path": "/signup", "methods": ["POST"]}, "public": True,
+         "validate": {"body": {"schema": fmt}}},
+        {"name": "list", "match": {"path": "/list", "methods": ["GET"]}, "public": True,
+         "validate": {"query": limit}},
+    ]
+    if switches:
+        routes = [
+            {"name": "pay-lenient", "match": {"path": "/pay-lenient", "methods": ["POST"]},
+             "public": True,
+             "validate": {"body": {"schema": schema, "allow_case_variant_keys": True}}},
+            {"name": "signup-strict", "match": {"path": "/signup-strict", "methods": ["POST"]},
+             "public": True, "validate": {"body": {"schema": fmt, "format_assertion": True}}},
+            {"name": "list-lenient", "match": {"path": "/list-lenient", "methods": ["GET"]},
+             "public": True, "validate": {"query": limit, "allow_query_name_variants": True}},
+        ]
+    # Nothing of a refused body's request reaches the upstream, not even its headers.
+    return {"hold_headers_for_body": True, "routes": routes}
+
+
+@pytest.fixture(scope="module")
+def body_envoy(module_envoy_factory):
+    return module_envoy_factory.make(body_policy(False))
+
+
+@pytest.fixture(scope="module")
+def switch_envoy(module_envoy_factory):
+    return module_envoy_factory.make(body_policy(True))
+
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"amount":5,"AMOUNT":-100}',
+    b'{"Amount":-100,"amount":5}',
+    b'{"amount":5,"lines":[{"sku":"a","SKU":"b"}]}',
+    '{"amount":5,"kind":"a","\u212aind":"b"}'.encode(),  # Kelvin sign: Go folds it to k
+])
+def test_case_variant_json_members_never_reach_the_upstream(body_envoy, echo, body):
+    before = echo.count
+    resp = body_envoy.request("POST", "/pay", JSON, body)
+    never_upstream(echo, before, resp)
+    err = problem(resp, 400, "invalid_body")["errors"][0]
+    assert err["rule"] == "duplicateKeyIgnoringCase", resp
+
+
+def test_case_variant_members_pass_where_the_route_allows_them(body_envoy, switch_envoy):
+    body = b'{"amount":5,"AMOUNT":-100}'
+    seen = echoed(switch_envoy.request("POST", "/pay-lenient", JSON, body))
+    import base64
+    assert base64.b64decode(seen["body_b64"]) == body
+    echoed(body_envoy.request("POST", "/pay", JSON, b'{"amount":5}'))
+
+
+def test_format_is_annotation_unless_format_assertion(body_envoy, switch_envoy, echo):
+    bad = b'{"email":"not an email","id":"42"}'
+    echoed(body_envoy.request("POST", "/signup", JSON, bad))  # 2020-12: annotation only
+    before = echo.count
+    resp = switch_envoy.request("POST", "/signup-strict", JSON, bad)
+    never_upstream(echo, before, resp)
+    errs = problem(resp, 400, "invalid_body")["errors"]
+    assert sorted((e["pointer"], e["rule"]) for e in errs) == [("/email", "format"), ("/id", "format")]
+    good = b'{"email":"a@example.com","id":"0b9f5c3e-9f3c-4c1a-8e39-2f1d6a7b8c9d"}'
+    echoed(switch_envoy.request("POST", "/signup-strict", JSON, good))
+
+
+# --- finding 7: query names a lenient binder reads as a ruled one -------------------------
+
+@pytest.mark.parametrize("query", ["limit=5&LIMIT=100000", "LIMIT=100000", "limit[]=100000",
+                                   "limit=5&limit%5B%5D=0", "Limit%5B0%5D=-1"])
+def test_query_name_variants_of_a_ruled_name_never_reach_the_upstream(body_envoy, echo, query):
+    before = echo.count
+    resp = body_envoy.get(f"/list?{query}")
+    never_upstream(echo, before, resp)
+    err = problem(resp, 400, "invalid_query")["errors"][0]
+    assert (err["pointer"], err["rule"]) == ("query/limit", "nameVariant"), resp
+
+
+def test_query_name_variants_pass_where_the_route_allows_them(body_envoy, switch_envoy):
+    assert echoed(switch_envoy.get("/list-lenient?limit=5&LIMIT=x"))["path"] == "/list-lenient?limit=5&LIMIT=x"
+    assert echoed(body_envoy.get("/list?limit=5&offset=1"))["path"] == "/list?limit=5&offset=1"

@@ -31,6 +31,8 @@ pub(crate) struct BodyRule {
     /// `Some` when the body is parsed as JSON (a schema or an explicit `max_depth`).
     json_depth: Option<u32>,
     required: bool,
+    /// Refuse object members whose names differ only by letter case.
+    fold_case_duplicates: bool,
     schema: Option<Schema>,
 }
 
@@ -47,7 +49,8 @@ impl BodyRule {
         errors: &mut ConfigErrors,
     ) -> Option<BodyRule> {
         let before = errors.len();
-        let json = raw.schema.is_some() || raw.max_depth.is_some();
+        let has_schema = raw.schema.is_some();
+        let json = has_schema || raw.max_depth.is_some();
         let media_types = match raw.content_types {
             None if json => MediaTypes::Json,
             None => MediaTypes::Any,
@@ -99,7 +102,7 @@ impl BodyRule {
         };
         let schema = match raw.schema {
             None => None,
-            Some(doc) => match Schema::compile(doc, resources) {
+            Some(doc) => match Schema::compile(doc, resources, raw.format_assertion) {
                 Ok(s) => Some(s),
                 Err(list) => {
                     for (suffix, msg) in list {
@@ -109,6 +112,12 @@ impl BodyRule {
                 }
             },
         };
+        if raw.format_assertion && !has_schema {
+            errors.push((
+                format!("{path}.format_assertion"),
+                "needs a `schema` whose `format` keywords it enforces".into(),
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -117,6 +126,7 @@ impl BodyRule {
             max_bytes,
             json_depth,
             required: raw.required.unwrap_or(json),
+            fold_case_duplicates: !raw.allow_case_variant_keys,
             schema,
         })
     }
@@ -193,6 +203,17 @@ impl BodyRule {
             return Ok(());
         };
         let value = parse_json(body, max_depth)?;
+        if self.fold_case_duplicates {
+            if let Some(pointer) = case_variant_keys(&value) {
+                return Err(Failure::one(
+                    400,
+                    "invalid_body",
+                    &pointer,
+                    "duplicateKeyIgnoringCase",
+                    "has member names that differ only by letter case",
+                ));
+            }
+        }
         let Some(schema) = &self.schema else {
             return Ok(());
         };
@@ -262,6 +283,35 @@ pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> 
             // serde_json messages name a position, never the input text.
             Err(Failure::one(400, "invalid_body", "", rule, &msg))
         }
+    }
+}
+
+/// The JSON Pointer of the first object (depth first) with two member names that differ
+/// only by letter case. Go's encoding/json and ASP.NET Core bind such members to one field
+/// (the last wins), so `{"amount":5,"AMOUNT":-100}` would pass a schema that only describes
+/// `amount` and then reach the application as -100. Names are compared after Unicode
+/// upper- then lower-casing, which also folds the Kelvin sign and the long s as Go does.
+/// Depth is bounded by `max_depth`, checked before parsing.
+fn case_variant_keys(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => {
+            let mut seen = std::collections::HashSet::with_capacity(map.len());
+            let clash = map
+                .keys()
+                .any(|k| !seen.insert(k.to_uppercase().to_lowercase()));
+            if clash {
+                return Some(String::new());
+            }
+            map.iter().find_map(|(k, v)| {
+                case_variant_keys(v)
+                    .map(|p| format!("/{}{p}", pointer_token(&clip(k, MAX_ECHO_CHARS))))
+            })
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| case_variant_keys(v).map(|p| format!("/{i}{p}"))),
+        _ => None,
     }
 }
 
@@ -380,9 +430,21 @@ impl boon::UrlLoader for NoFetch {
 impl Schema {
     /// Compiles once, against the draft's metaschema. Errors carry a JSON path suffix
     /// (`.properties.name.maxLength`) relative to `schema`.
-    fn compile(doc: Value, resources: &[(String, Value)]) -> Result<Schema, ConfigErrors> {
+    fn compile(
+        doc: Value,
+        resources: &[(String, Value)],
+        assert_formats: bool,
+    ) -> Result<Schema, ConfigErrors> {
         let mut compiler = boon::Compiler::new();
         compiler.set_default_draft(boon::Draft::V2020_12);
+        if assert_formats {
+            // A misspelt format would otherwise be ignored without a word.
+            let unknown = unknown_formats(&doc);
+            if !unknown.is_empty() {
+                return Err(unknown);
+            }
+            compiler.enable_format_assertions();
+        }
         compiler.use_loader(Box::new(NoFetch));
         let mut schemas = boon::Schemas::new();
         for (url, doc) in resources {
@@ -398,6 +460,83 @@ impl Schema {
             .map_err(|e| compile_errors(&e))?;
         Ok(Schema { schemas, index })
     }
+}
+
+/// The formats boon 0.6 asserts (its `FORMATS` table).
+const ASSERTED_FORMATS: [&str; 20] = [
+    "regex",
+    "ipv4",
+    "ipv6",
+    "hostname",
+    "idn-hostname",
+    "email",
+    "idn-email",
+    "date",
+    "time",
+    "date-time",
+    "duration",
+    "period",
+    "json-pointer",
+    "relative-json-pointer",
+    "uuid",
+    "uri",
+    "iri",
+    "uri-reference",
+    "iri-reference",
+    "uri-template",
+];
+
+/// `format` keywords naming a format that cannot be asserted, with their JSON path suffix.
+/// Walks schema positions only: a property *named* `format` is not a keyword.
+fn unknown_formats(doc: &Value) -> ConfigErrors {
+    fn walk(schema: &Value, at: &str, out: &mut ConfigErrors) {
+        let Value::Object(map) = schema else {
+            return;
+        };
+        for (k, v) in map {
+            let here = format!("{at}.{k}");
+            match (k.as_str(), v) {
+                ("format", Value::String(f)) if !ASSERTED_FORMATS.contains(&f.as_str()) => out
+                    .push((
+                        here,
+                        format!("format `{f}` cannot be asserted (format_assertion is on)"),
+                    )),
+                (
+                    "properties" | "patternProperties" | "$defs" | "definitions"
+                    | "dependentSchemas",
+                    Value::Object(children),
+                ) => {
+                    for (name, child) in children {
+                        walk(child, &format!("{here}.{name}"), out);
+                    }
+                }
+                ("allOf" | "anyOf" | "oneOf" | "prefixItems" | "items", Value::Array(list)) => {
+                    for (i, child) in list.iter().enumerate() {
+                        walk(child, &format!("{here}[{i}]"), out);
+                    }
+                }
+                (
+                    "not"
+                    | "if"
+                    | "then"
+                    | "else"
+                    | "items"
+                    | "contains"
+                    | "additionalProperties"
+                    | "unevaluatedItems"
+                    | "unevaluatedProperties"
+                    | "propertyNames"
+                    | "additionalItems"
+                    | "contentSchema",
+                    _,
+                ) => walk(v, &here, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = ConfigErrors::new();
+    walk(doc, "", &mut out);
+    out
 }
 
 fn compile_errors(e: &boon::CompileError) -> ConfigErrors {

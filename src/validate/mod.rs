@@ -18,6 +18,9 @@ mod text;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod security_review_tests;
+
 use std::fmt;
 
 use serde::Serialize;
@@ -137,6 +140,7 @@ pub struct RouteValidation {
     headers: Vec<ParamRule>,
     query: Vec<ParamRule>,
     reject_unknown_query: bool,
+    allow_query_name_variants: bool,
     path: Vec<ParamRule>,
     body: Option<BodyRule>,
     max_errors: usize,
@@ -254,6 +258,7 @@ impl RouteValidation {
                 headers,
                 query,
                 reject_unknown_query: raw.reject_unknown_query,
+                allow_query_name_variants: raw.allow_query_name_variants,
                 path: path_rules,
                 body,
                 max_errors,
@@ -295,7 +300,11 @@ impl RouteValidation {
                 Section::Header => param::check_headers(&self.headers, headers, &mut errors),
                 Section::Path => param::check_path(&self.path, path_params, &mut errors),
                 Section::Query => {
-                    param::check_query(&self.query, self.reject_unknown_query, query, &mut errors)
+                    let unknown = param::Unknown {
+                        reject: self.reject_unknown_query,
+                        reject_variants: !self.allow_query_name_variants,
+                    };
+                    param::check_query(&self.query, unknown, query, &mut errors)
                 }
             }
             if reason.is_none() && errors.len() > before {

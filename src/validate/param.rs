@@ -510,12 +510,43 @@ pub(crate) fn check_path(rules: &[ParamRule], params: &[(String, String)], error
     }
 }
 
-pub(crate) fn check_query(
-    rules: &[ParamRule],
-    reject_unknown: bool,
-    query: &str,
-    errors: &mut Errors,
-) {
+/// What to do with query parameters no rule names exactly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unknown {
+    /// `reject_unknown_query`: refuse every one.
+    pub reject: bool,
+    /// Refuse other spellings of a ruled name (`LIMIT`, `limit[]`).
+    pub reject_variants: bool,
+}
+
+/// The name a lenient binder would read: PHP, Rails and qs turn `limit[]` / `limit[0]` into
+/// `limit`; ASP.NET Core and others match names case-insensitively.
+fn binder_name(name: &str) -> String {
+    let base = match name.split_once('[') {
+        Some((base, _)) if name.ends_with(']') && !base.is_empty() => base,
+        _ => name,
+    };
+    base.to_uppercase().to_lowercase()
+}
+
+/// `LIMIT=-1` beside a `limit` rule: the rule saw no value (or a good one) while the
+/// application may bind the variant. Refused; `reject_unknown_query` refuses them anyway.
+fn check_variants(rule: &ParamRule, pairs: &[(String, String)], errors: &mut Errors) {
+    let canonical = binder_name(&rule.name);
+    let variant = pairs
+        .iter()
+        .any(|(k, _)| *k != rule.name && binder_name(k) == canonical);
+    if variant {
+        errors.push(
+            rule.pointer.clone(),
+            "nameVariant",
+            "is also sent under another spelling (letter case or a [] suffix)".into(),
+        );
+    }
+}
+
+pub(crate) fn check_query(rules: &[ParamRule], unknown: Unknown, query: &str, errors: &mut Errors) {
+    let reject_unknown = unknown.reject;
     if rules.is_empty() && !reject_unknown {
         return;
     }
@@ -540,6 +571,9 @@ pub(crate) fn check_query(
             .map(|(_, v)| v.as_str())
             .collect();
         rule.check_all(&values, errors);
+        if unknown.reject_variants && !reject_unknown {
+            check_variants(rule, &pairs, errors);
+        }
     }
     if reject_unknown {
         let mut reported: Vec<&str> = Vec::new();

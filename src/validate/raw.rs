@@ -17,6 +17,10 @@ pub struct RawValidate {
     /// Reject query parameters that `query` does not declare.
     #[serde(default)]
     pub reject_unknown_query: bool,
+    /// Accept `LIMIT=` or `limit[]=` beside a `limit` rule (default false: refused, since
+    /// case-insensitive or PHP/Rails-style binders read them as `limit`).
+    #[serde(default)]
+    pub allow_query_name_variants: bool,
     /// Route template parameters (`/items/{id}`), by name.
     #[serde(default)]
     pub path: BTreeMap<String, RawParam>,
@@ -84,6 +88,14 @@ pub struct RawBody {
     /// Whether an empty body is refused; default: true when a `schema` is set.
     #[serde(default)]
     pub required: Option<bool>,
+    /// Accept object members whose names differ only by letter case (`amount`/`AMOUNT`).
+    /// Default false: Go and ASP.NET Core bind them to one field, the last one winning.
+    #[serde(default)]
+    pub allow_case_variant_keys: bool,
+    /// Make `format` (email, uuid, date-time, ...) an assertion; in 2020-12 it is only an
+    /// annotation by default.
+    #[serde(default)]
+    pub format_assertion: bool,
 }
 
 /// Policy-level `limits`, checked on every request before routing.
