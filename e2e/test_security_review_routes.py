@@ -294,3 +294,58 @@ def test_query_name_variants_of_a_ruled_name_never_reach_the_upstream(body_envoy
 def test_query_name_variants_pass_where_the_route_allows_them(body_envoy, switch_envoy):
     assert echoed(switch_envoy.get("/list-lenient?limit=5&LIMIT=x"))["path"] == "/list-lenient?limit=5&LIMIT=x"
     assert echoed(body_envoy.get("/list?limit=5&offset=1"))["path"] == "/list?limit=5&offset=1"
+
+
+# --- finding 7: the shipped access-log format never writes a credential from the query ----
+
+def shipped_formats() -> list[tuple[str, str]]:
+    import pathlib
+
+    import yaml
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    out = []
+    for rel in ("envoy/envoy.yaml", "envoy/ecds/envoy.yaml"):
+        def walk(node):
+            if isinstance(node, dict):
+                if "inline_string" in node and isinstance(node["inline_string"], str):
+                    yield node["inline_string"]
+                for v in node.values():
+                    yield from walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    yield from walk(v)
+        formats = list(walk(yaml.safe_load((repo / rel).read_text())))
+        assert formats, f"no access-log format in {rel}"
+        out += [(rel, f) for f in formats]
+    return out
+
+
+@pytest.mark.parametrize("rel,fmt", shipped_formats())
+def test_shipped_access_log_never_writes_query_credentials(envoy_factory, keys, rel, fmt):
+    import hashlib
+    good_key = "partner-key-0123456789"
+    policy = {
+        "providers": [{"name": "main", "issuer": ISS, "audiences": [AUD],
+                       "jwks": {"inline": tokens.jwks(keys["RS256"])},
+                       "from": [{"query": "access_token"}]}],
+        "api_keys": [{"name": "partners", "from": [{"query": "api_key"}],
+                      "keys": [{"client_id": "p", "sha256": hashlib.sha256(good_key.encode()).hexdigest()}]}],
+        "routes": [{"name": "items", "match": {"prefix": "/items"}, "providers": ["main", "partners"]}],
+    }
+    envoy = envoy_factory.make(policy, access_log=fmt)
+    wrong_key = "WRONG-but-real-looking-key-777"
+    expired = tokens.mint("RS256", keys["RS256"], tokens.claims(ISS, AUD, ttl=-3600))
+    forged = tokens.tamper_signature(tokens.mint("RS256", keys["RS256"], tokens.claims(ISS, AUD)))
+    problem(envoy.get(f"/items/1?api_key={wrong_key}&page=2"), 401, "invalid_api_key")
+    assert envoy.get(f"/items/2?access_token={expired}").status == 401
+    assert envoy.get(f"/items/3?access_token={forged}").status == 401
+    echoed(envoy.get(f"/items/4?api_key={good_key}"))
+    from harness.checks import wait_until
+    assert wait_until(lambda: envoy.access_log_text().count("\n") >= 4, timeout=20), envoy.access_log_text()
+    log = envoy.access_log_text()
+    for secret in (wrong_key, good_key, expired, forged, expired.split(".")[2], forged.split(".")[2]):
+        assert secret not in log, f"{rel}: credential in the access log:\n{log}"
+    assert "api_key=" not in log and "access_token=" not in log, log
+    for path in ("/items/1", "/items/2", "/items/3", "/items/4"):
+        assert path in log, log
+    assert "reason=invalid_api_key" in log or "401" in log, log

@@ -152,3 +152,77 @@ fn lookalikes_unmatched_restores_literal_matching() {
     assert_eq!(reason(&run(&mut e, "GET", "/ADMIN", &[])), None);
     assert_eq!(reason(&run(&mut e, "delete", "/items/42", &[])), None);
 }
+
+/// Issue 12 finding 7, measured: with `on_table_full: share` one client spraying distinct
+/// keys fills the table and then drains the live buckets every new key shares, so
+/// legitimate newcomers are refused on their first request. A per-source limit listed
+/// first on the route (it refuses before the keyed limit is charged) caps what one
+/// source can spray and restores service. Returns (denied newcomers, sprayer admitted).
+fn spray(route: &str, sprayed: usize) -> (usize, usize) {
+    let mut e = policy(json!({
+        "unmatched": "deny",
+        "limits": [
+            {"name": "per-client", "capacity": 10, "refill": {"tokens": 10, "period_seconds": 60},
+             "key": [{"header": "x-client"}], "max_buckets": 200},
+            {"name": "per-source", "capacity": 100, "refill": {"tokens": 100, "period_seconds": 60},
+             "key": [{"client_ip": {"trusted_hops": 0}}]},
+        ],
+        "routes": [
+            {"name": "keyed", "match": {"path": "/keyed"}, "public": true, "limits": ["per-client"]},
+            {"name": "capped", "match": {"path": "/capped"}, "public": true,
+             "limits": ["per-source", "per-client"]},
+        ]
+    }));
+    let store = FakeStore::default();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let mut go = |client: &str, ip: &str| {
+        let headers = [("x-client", client)];
+        let d = e.on_request_headers(
+            &RequestHead {
+                method: "GET",
+                path: route,
+                headers: &headers,
+                request_id: None,
+                peer: &KnownPeer {
+                    address: Some(ip),
+                    ..KnownPeer::default()
+                },
+                end_of_stream: true,
+            },
+            &Host {
+                clock: &clock,
+                crypto: &NoHostCrypto,
+                store: &store,
+            },
+            &mut Counted::default(),
+        );
+        matches!(d.verdict, Verdict::Allow(_))
+    };
+    let admitted = (0..sprayed)
+        .filter(|i| go(&format!("spray-{i}"), "6.6.6.6:1000"))
+        .count();
+    let denied = (0..100)
+        .filter(|i| !go(&format!("legit-{i}"), &format!("10.0.{i}.1:2000")))
+        .count();
+    (denied, admitted)
+}
+
+#[test]
+fn table_full_share_lets_one_sprayer_deny_newcomers_unless_a_per_source_limit_runs_first() {
+    // Below the table size nothing is shared: every newcomer gets its own bucket.
+    assert_eq!(spray("/keyed", 100).0, 0);
+    // 20 requests per slot (2,000 keys over 200 slots): every live bucket is drained, and
+    // each of the 100 newcomers is refused on its first request.
+    let (denied, admitted) = spray("/keyed", 4_000);
+    eprintln!("share, 4000 sprayed keys over 200 slots: {denied}/100 newcomers refused, {admitted} spray requests admitted");
+    assert_eq!(denied, 100, "newcomers refused after the spray");
+    assert!(
+        admitted > 1_000,
+        "the sprayer got {admitted} requests through"
+    );
+    // The same spray against a route whose first limit is per source: the sprayer's 101st
+    // request is refused before it reaches the keyed table, and no newcomer is denied.
+    let (denied, admitted) = spray("/capped", 4_000);
+    eprintln!("per-source limit first: {denied}/100 newcomers refused, {admitted} spray requests admitted");
+    assert_eq!((denied, admitted), (0, 100));
+}
