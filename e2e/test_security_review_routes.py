@@ -349,3 +349,77 @@ def test_shipped_access_log_never_writes_query_credentials(envoy_factory, keys, 
     for path in ("/items/1", "/items/2", "/items/3", "/items/4"):
         assert path in log, log
     assert "reason=invalid_api_key" in log or "401" in log, log
+
+
+# --- CORS preflight: `bypass_cors_preflight` ---------------------------------------------
+
+def cors_policy(keys, bypass: bool) -> dict:
+    p = {
+        "unmatched": "deny",
+        "providers": [{"name": "main", "issuer": ISS, "audiences": [AUD],
+                       "jwks": {"inline": tokens.jwks(keys["RS256"])}}],
+        "routes": [
+            {"name": "items", "match": {"path": "/items/{id}", "methods": ["GET", "DELETE"]},
+             "providers": ["main"]},
+            {"name": "dav", "match": {"prefix": "/dav", "methods": ["OPTIONS", "PUT"]},
+             "providers": ["main"]},
+        ],
+    }
+    if bypass:
+        p["bypass_cors_preflight"] = True
+    return p
+
+
+@pytest.fixture(scope="module")
+def cors_envoys(module_envoy_factory, keys):
+    off = module_envoy_factory.make(cors_policy(keys, False))
+    on = module_envoy_factory.make(cors_policy(keys, True))
+    return off, on
+
+
+PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE",
+             "Access-Control-Request-Headers": "authorization"}
+
+
+def test_cors_preflight_is_refused_without_the_bypass(cors_envoys, echo):
+    off, _ = cors_envoys
+    before = echo.count
+    resp = off.request("OPTIONS", "/items/1", PREFLIGHT)
+    never_upstream(echo, before, resp)
+    problem(resp, 403, "no_route")
+
+
+def test_cors_preflight_reaches_the_upstream_with_the_bypass(cors_envoys):
+    _, on = cors_envoys
+    seen = echoed(on.request("OPTIONS", "/items/1", PREFLIGHT))
+    assert seen["method"] == "OPTIONS" and seen["path"] == "/items/1"
+    assert seen["headers"]["access-control-request-method"] == "DELETE"
+    assert "authorization" not in seen["headers"]
+    assert on.stat("apiguard.cors_preflight") >= 1
+
+
+@pytest.mark.parametrize("case", ["no-origin", "no-acrm", "forged-token", "cookie", "body",
+                                  "unrouted-method", "real-options-route"])
+def test_cors_bypass_is_no_way_around_authentication(cors_envoys, echo, keys, case):
+    _, on = cors_envoys
+    headers, path, body = dict(PREFLIGHT), "/items/1", None
+    if case == "no-origin":
+        del headers["Origin"]
+    elif case == "no-acrm":
+        del headers["Access-Control-Request-Method"]
+    elif case == "forged-token":
+        forged = tokens.tamper_signature(tokens.mint("RS256", keys["RS256"], tokens.claims(ISS, AUD)))
+        headers["Authorization"] = f"Bearer {forged}"
+    elif case == "cookie":
+        headers["Cookie"] = "session=abc"
+    elif case == "body":
+        body = b"delete everything"
+    elif case == "unrouted-method":
+        headers["Access-Control-Request-Method"] = "PUT"
+    elif case == "real-options-route":
+        path = "/dav/file"
+        headers["Access-Control-Request-Method"] = "PUT"
+    before = echo.count
+    resp = on.request("OPTIONS", path, headers, body)
+    never_upstream(echo, before, resp)
+    assert resp.status in (401, 403), resp

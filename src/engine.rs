@@ -311,6 +311,13 @@ impl Engine {
             ..Mutations::default()
         };
 
+        if let Some(route) = cors_preflight(&policy, req, path, query) {
+            metrics.incr("apiguard.cors_preflight");
+            decision.route = Some(route);
+            decision.verdict = Verdict::Allow(mutations);
+            return decision;
+        }
+
         let Some(found) = policy.routes.lookup(req.method, path) else {
             return match policy.unmatched {
                 Unmatched::Allow => match lookalike_path(&policy, req.method, path) {
@@ -866,6 +873,36 @@ fn global_calls(
         calls.push(global::call(li, spec, descriptor, cost));
     }
     calls
+}
+
+/// With `bypass_cors_preflight`, the name of the route a CORS preflight asks about, when it
+/// may go upstream unauthenticated: it has a preflight's shape (`crate::cors`), presents no
+/// credential of any source the policy reads (header, query or cookie), a route serves
+/// the requested method at this path, and no route lists `OPTIONS` for it explicitly (an
+/// API whose `OPTIONS` is a real operation keeps it authenticated).
+fn cors_preflight(policy: &Policy, req: &RequestHead, path: &str, query: &str) -> Option<String> {
+    if !policy.bypass_cors_preflight {
+        return None;
+    }
+    let requested = crate::cors::requested_method(req.method, req.headers, req.end_of_stream)?;
+    let sources = policy
+        .providers
+        .iter()
+        .flat_map(|p| &p.sources)
+        .chain(policy.api_key_sets.iter().flat_map(|s| &s.sources));
+    for source in sources {
+        if !matches!(
+            credentials::extract(source, req.headers, query),
+            Found::None
+        ) {
+            return None;
+        }
+    }
+    if policy.routes.names_method_for("OPTIONS", path) {
+        return None;
+    }
+    let found = policy.routes.lookup(requested, path)?;
+    Some(found.route.name.clone())
 }
 
 /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).

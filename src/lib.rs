@@ -4,6 +4,7 @@
 //! signature verification) through the traits in `host`, so it is tested with `cargo test`.
 
 pub mod authz;
+pub mod cors;
 pub mod credentials;
 pub mod engine;
 pub mod headermap;

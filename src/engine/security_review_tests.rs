@@ -226,3 +226,90 @@ fn table_full_share_lets_one_sprayer_deny_newcomers_unless_a_per_source_limit_ru
     eprintln!("per-source limit first: {denied}/100 newcomers refused, {admitted} spray requests admitted");
     assert_eq!((denied, admitted), (0, 100));
 }
+
+fn preflight_engine(bypass: bool) -> Engine {
+    policy(json!({
+        "unmatched": "deny",
+        "bypass_cors_preflight": bypass,
+        "providers": [{"name": "jwt", "issuer": "https://issuer.test",
+                       "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256",
+                                "k": "YXBpZ3VhcmQtdW5pdC10ZXN0cy1obWFjLWtleS0zMmI"}]}},
+                       "from": [{"query": "access_token"}]}],
+        "routes": [
+            {"name": "item", "match": {"path": "/items/{id}", "methods": ["GET", "DELETE"]},
+             "providers": ["keys", "jwt"]},
+            {"name": "dav", "match": {"prefix": "/dav", "methods": ["OPTIONS", "PUT"]},
+             "providers": ["keys"]},
+        ]
+    }))
+}
+
+const PREFLIGHT: [(&str, &str); 2] = [
+    ("origin", "https://app.example"),
+    ("access-control-request-method", "DELETE"),
+];
+
+#[test]
+fn cors_preflight_is_forwarded_only_when_enabled_and_shaped_like_one() {
+    let d = run(
+        &mut preflight_engine(false),
+        "OPTIONS",
+        "/items/1",
+        &PREFLIGHT,
+    );
+    assert_eq!(reason(&d), Some((403, "no_route")));
+    let mut e = preflight_engine(true);
+    let d = run(&mut e, "OPTIONS", "/items/1", &PREFLIGHT);
+    assert_eq!(reason(&d), None);
+    assert_eq!(d.route.as_deref(), Some("item"));
+    // A method no route serves there, or a path no route serves: not bypassed.
+    let put = [
+        ("origin", "https://a"),
+        ("access-control-request-method", "PUT"),
+    ];
+    assert_eq!(
+        reason(&run(&mut e, "OPTIONS", "/items/1", &put)),
+        Some((403, "no_route"))
+    );
+    assert_eq!(
+        reason(&run(&mut e, "OPTIONS", "/other", &PREFLIGHT)),
+        Some((403, "no_route"))
+    );
+}
+
+#[test]
+fn cors_preflight_is_no_way_around_authentication() {
+    let mut e = preflight_engine(true);
+    // Carrying any credential (even one the route does not read) makes it a real request.
+    for extra in [
+        ("x-api-key", "wrong"),
+        ("authorization", "Bearer x"),
+        ("cookie", "s=1"),
+    ] {
+        let mut h = PREFLIGHT.to_vec();
+        h.push(extra);
+        assert!(
+            reason(&run(&mut e, "OPTIONS", "/items/1", &h)).is_some(),
+            "{extra:?}"
+        );
+    }
+    let d = run(&mut e, "OPTIONS", "/items/1?access_token=abc", &PREFLIGHT);
+    assert!(reason(&d).is_some());
+    // A body: not a preflight.
+    let d = run_with(
+        &mut e,
+        &FakeStore::default(),
+        "OPTIONS",
+        "/items/1",
+        &PREFLIGHT,
+        false,
+    );
+    assert_eq!(reason(&d), Some((403, "no_route")));
+    // Where OPTIONS is a real operation of the API, it stays authenticated.
+    let dav = [
+        ("origin", "https://a"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let d = run(&mut e, "OPTIONS", "/dav/x", &dav);
+    assert_eq!(reason(&d), Some((401, "missing_credentials")));
+}

@@ -60,6 +60,8 @@ pub struct Policy {
     pub unmatched: Unmatched,
     /// Refuse requests that differ from a route only by case or a trailing slash.
     pub deny_lookalikes: bool,
+    /// Forward CORS preflights without authentication (see `crate::cors`).
+    pub bypass_cors_preflight: bool,
     /// Upper-case methods whose other spellings are refused (standard, routed, costed).
     pub known_methods: Vec<String>,
     pub method_override: MethodOverride,
@@ -388,6 +390,7 @@ impl TryFrom<Value> for Policy {
                 _ => Unmatched::Deny,
             },
             deny_lookalikes: raw.lookalikes != Some(RawLookalikes::Unmatched),
+            bypass_cors_preflight: raw.bypass_cors_preflight,
             known_methods,
             method_override: match raw.method_override {
                 Some(RawMethodOverride::Honor) => MethodOverride::Honor,

@@ -18,6 +18,9 @@ pub struct RawPolicy {
     /// What to do with a request that differs from a route only by case or trailing slash.
     #[serde(default)]
     pub lookalikes: Option<RawLookalikes>,
+    /// Let CORS preflights for a routed method through without credentials.
+    #[serde(default)]
+    pub bypass_cors_preflight: bool,
     #[serde(default)]
     pub token_cache_size: Option<usize>,
     #[serde(default)]

@@ -39,6 +39,17 @@ impl<T> RouteTable<T> {
             .map(|r| &r.value)
     }
 
+    /// Whether a route that matches `path` lists `method` in its `match.methods` (as
+    /// opposed to matching every method). Used for `OPTIONS`, see `crate::cors`.
+    pub fn names_method_for(&self, method: &str, path: &str) -> bool {
+        self.routes.iter().any(|r| {
+            r.methods
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|m| m == method))
+                && r.path.matches(path).is_some()
+        })
+    }
+
     /// Every method some route names (upper case).
     pub fn route_methods(&self) -> impl Iterator<Item = &str> {
         self.routes
