@@ -145,12 +145,15 @@ oci: $(WASM)
 	python3 scripts/oci.py --tag $(or $(OCI_TAG),latest) --git-revision $(GIT_REV)
 
 # --- bench (not part of make test): Envoy baseline vs native filters vs apiguard, and
-# criterion micro-benchmarks of the pure core. Results: bench/results/.
+# criterion micro-benchmarks of the pure core. Results: bench/results/. The second build
+# (`hostcall-count`, never shipped) counts host calls per request for the footprint table.
+# `bench/wasm_size.py` breaks a module down by section and crate (docs/performance.md).
 bench: deps $(WASM)
 	command -v wrk || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	cd bench/noop-filter && cargo build --release --target $(WASM_TARGET)
 	cargo build --release --manifest-path rls/Cargo.toml --locked
+	cargo build --target $(WASM_TARGET) --release --lib --features hostcall-count --target-dir target/hostcall-count
 	$(PY) bench/run.py
 	cargo bench --bench core
 

@@ -17,7 +17,10 @@ variants): one RS256 token reused; 10,000 distinct RS256 tokens rotated; 10,000 
 ES256 tokens rotated; POST of a 1 KB JSON body validated by a schema (apiguard vs baseline).
 
 Writes bench/results/results.json, results.md and results.png. Env knobs: BENCH_ROUNDS (3),
-BENCH_SECONDS (6), BENCH_WARMUP (2), BENCH_TOKENS (10000), BENCH_SCENARIOS (comma list).
+BENCH_SECONDS (6), BENCH_WARMUP (2), BENCH_TOKENS (10000), BENCH_SCENARIOS (comma list),
+BENCH_VARIANTS (comma list: run only these, plus the baseline), APIGUARD_WASM_B (a second
+module, run as variant `apiguard_b` wherever `apiguard` runs: an interleaved A/B of two
+builds in one run, on the same machine load), BENCH_OUT (results folder).
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ NOOP_WASM = pathlib.Path(
     or REPO / "bench" / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 )
 DEMO = REPO / "envoy" / "demo"
-OUT = REPO / "bench" / "results"
+# A build with `--features hostcall-count` (make bench builds it): host calls per request.
+WASM_COUNT = pathlib.Path(
+    os.environ.get("APIGUARD_WASM_COUNT")
+    or REPO / "target" / "hostcall-count" / "wasm32-wasip1" / "release" / "apiguard.wasm"
+)
+WASM_B = pathlib.Path(os.environ["APIGUARD_WASM_B"]) if os.environ.get("APIGUARD_WASM_B") else None
+OUT = pathlib.Path(os.environ.get("BENCH_OUT") or REPO / "bench" / "results")
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
@@ -66,7 +75,7 @@ REQUIRED_SCOPE = "items:read"
 VARIANTS = ["baseline", "native_cache", "native_nocache", "apiguard"]
 # `noop_wasm` (bench/noop-filter: a proxy-wasm filter that only returns Continue) is the
 # floor any Wasm filter pays in Envoy; it runs in the public scenario only.
-ALL_VARIANTS = VARIANTS + ["noop_wasm"]
+ALL_VARIANTS = VARIANTS + ["noop_wasm"] + (["apiguard_b"] if WASM_B else [])
 SCENARIOS = {
     # name: (method, path, token set, variants)
     "rs256_one_token": ("GET", "/items", "rs256_one", VARIANTS),
@@ -100,6 +109,12 @@ descriptors:
       - key: constant
         rate_limit: {unit: second, requests_per_unit: 4000000000}
 """
+if WASM_B:
+    SCENARIOS = {k: (m, p, t, vs + ["apiguard_b"] if "apiguard" in vs else vs)
+                 for k, (m, p, t, vs) in SCENARIOS.items()}
+if os.environ.get("BENCH_VARIANTS"):
+    _keep = set(os.environ["BENCH_VARIANTS"].split(",")) | {"baseline"}
+    SCENARIOS = {k: (m, p, t, [v for v in vs if v in _keep]) for k, (m, p, t, vs) in SCENARIOS.items()}
 # Connections per scenario (default CONNECTIONS).
 SCENARIO_CONNECTIONS = {"rs256_one_token_1conn": 1}
 
@@ -266,6 +281,8 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
         "native_cache": native_filters(cache=True),
         "native_nocache": native_filters(cache=False),
         "apiguard": apiguard_filters(),
+        "apiguard_count": wasm_filter("apiguard", WASM_COUNT, json.dumps(apiguard_policy())),
+        "apiguard_b": wasm_filter("apiguard", WASM_B, json.dumps(apiguard_policy())) if WASM_B else [],
         "noop_wasm": wasm_filter("noop", NOOP_WASM, ""),
     }[variant]
     # The buffer filter (in every variant, so it costs all the same) holds the request until
@@ -278,7 +295,7 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
     filters = filters + [{"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
     clusters = []
-    if variant == "apiguard" and RLS_PORT:
+    if variant in ("apiguard", "apiguard_b", "apiguard_count") and RLS_PORT:
         clusters.append({
             "name": "rls", "type": "STATIC", "connect_timeout": "1s",
             "typed_extension_protocol_options": {
@@ -356,12 +373,12 @@ class EnvoyProc:
 
 
 def memory_per_worker(work: pathlib.Path, variants: list[str]) -> dict:
-    """VmRSS with 1 and with 4 workers (each worker runs its own Wasm VM): the difference
-    over 3 is what one more worker costs. Idle Envoys, after a few requests."""
+    """VmRSS with 1, 2 and 4 workers (each worker runs its own Wasm VM): (4 - 1) / 3 is
+    what one more worker costs. Idle Envoys, after a few requests."""
     out = {}
     for v in variants:
         rss = {}
-        for n in (1, 4):
+        for n in (1, 2, 4):
             e = EnvoyProc(v, work, concurrency=n, cpus="0-1")
             try:
                 e.wait_ready()
@@ -371,7 +388,48 @@ def memory_per_worker(work: pathlib.Path, variants: list[str]) -> dict:
                 rss[n] = e.rss_kb()
             finally:
                 e.stop()
-        out[v] = {"workers_1": rss[1], "workers_4": rss[4], "per_worker": (rss[4] - rss[1]) // 3}
+        out[v] = {"workers_1": rss[1], "workers_2": rss[2], "workers_4": rss[4],
+                  "per_worker": (rss[4] - rss[1]) // 3}
+    return out
+
+
+def host_calls(work: pathlib.Path, wanted: list[str], token_lists: dict, body: bytes) -> dict:
+    """Host calls per request of each scenario, from the `hostcall-count` build's counters
+    (`apiguard.debug.hostcalls` / `apiguard.debug.requests`): REQUESTS requests one at a
+    time, after one warm-up request (so a reused token is cached as in the load runs, and
+    each rotated token is seen once: a cache miss, as in the load runs)."""
+    if not WASM_COUNT.exists():
+        print(f"{WASM_COUNT} missing: no host-call counts (make bench builds it)", file=sys.stderr)
+        return {}
+    requests = 200
+    e = EnvoyProc("apiguard_count", work)
+    out = {}
+    try:
+        e.wait_ready()
+        for sc in wanted:
+            method, path, tokens, variants = SCENARIOS[sc]
+            if "apiguard" not in variants or sc.endswith("_1conn"):
+                continue
+            toks = token_lists[tokens] if tokens else [None]
+            def one(i: int) -> None:
+                tok = toks[i % len(toks)]
+                headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+                if method == "POST":
+                    headers["Content-Type"] = "application/json"
+                request(e.port, method, path, headers, body if method == "POST" else None)
+            one(0)
+            before = admin_stats(e.admin, "apiguard.debug")
+            for i in range(1, requests + 1):
+                one(i)
+            after = admin_stats(e.admin, "apiguard.debug")
+            calls = after.get("wasmcustom.apiguard.debug.hostcalls", 0) - before.get(
+                "wasmcustom.apiguard.debug.hostcalls", 0)
+            reqs = after.get("wasmcustom.apiguard.debug.requests", 0) - before.get(
+                "wasmcustom.apiguard.debug.requests", 0)
+            if reqs:
+                out[sc] = round(calls / reqs, 2)
+    finally:
+        e.stop()
     return out
 
 
@@ -476,12 +534,16 @@ def summarize(raw: list[dict]) -> dict:
                 "socket_errors": sum(x["errors_connect"] + x["errors_read"] + x["errors_write"]
                                      + x["errors_timeout"] for x in rs),
             }
-        ag = summary[sc].get("apiguard")
         ratios = {}
-        if ag:
+        for mine in ("apiguard", "apiguard_b"):
+            ag = summary[sc].get(mine)
+            if not ag:
+                continue
             for other in ("baseline", "native_cache", "native_nocache"):
                 if other in summary[sc]:
-                    ratios[f"apiguard/{other}"] = ag["rps"] / summary[sc][other]["rps"]
+                    ratios[f"{mine}/{other}"] = ag["rps"] / summary[sc][other]["rps"]
+            if mine == "apiguard_b" and "apiguard" in summary[sc]:
+                ratios["apiguard_b/apiguard"] = ag["rps"] / summary[sc]["apiguard"]["rps"]
         summary[sc]["ratios_rps"] = ratios
     return summary
 
@@ -520,6 +582,13 @@ def write_markdown(meta: dict, summary: dict) -> str:
         cell = lambda k: f"{r[k]:.2f}" if k in r else "n/a"  # noqa: E731
         lines.append(f"| {sc} | {cell('apiguard/baseline')} | {cell('apiguard/native_cache')} "
                      f"| {cell('apiguard/native_nocache')} |")
+    if WASM_B:
+        lines += ["", "A/B (`apiguard_b` req/s divided by `apiguard`'s, same rounds):", "",
+                  "| scenario | apiguard_b/apiguard | apiguard_b/native_cache |", "| --- | ---: | ---: |"]
+        for sc, by_v in summary.items():
+            r = by_v["ratios_rps"]
+            cell = lambda k: f"{r[k]:.2f}" if k in r else "n/a"  # noqa: E731
+            lines.append(f"| {sc} | {cell('apiguard_b/apiguard')} | {cell('apiguard_b/native_cache')} |")
     one = summary.get("rs256_one_token_1conn")
     if one and "baseline" in one:
         base = one["baseline"]["p50_ms"] * 1000
@@ -538,12 +607,21 @@ def write_markdown(meta: dict, summary: dict) -> str:
             m = meta["rss_kb"][v]
             lines.append(f"| {v} | {m['start']:,} | {m['end']:,} |")
     if meta.get("rss_per_worker_kb"):
-        lines += ["", "Memory per worker (idle Envoy, VmRSS with 1 and with 4 workers; each worker "
+        lines += ["", "Memory per worker (idle Envoy, VmRSS with 1, 2 and 4 workers; each worker "
                   "runs its own Wasm VM):", "",
-                  "| variant | 1 worker (KiB) | 4 workers (KiB) | each added worker (KiB) |",
-                  "| --- | ---: | ---: | ---: |"]
+                  "| variant | 1 worker (KiB) | 2 workers (KiB) | 4 workers (KiB) | each added worker (KiB) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for v, m in meta["rss_per_worker_kb"].items():
-            lines.append(f"| {v} | {m['workers_1']:,} | {m['workers_4']:,} | {m['per_worker']:,} |")
+            lines.append(f"| {v} | {m['workers_1']:,} | {m.get('workers_2', 0):,} | {m['workers_4']:,} "
+                         f"| {m['per_worker']:,} |")
+    lines += ["", "## footprint", "",
+              "Per-sidecar figures against the goals of issue 14 (module size, memory, "
+              "speed, host calls; `host calls per request` comes from a `hostcall-count` "
+              "build of the same commit, 200 requests per scenario):", ""]
+    lines += footprint_lines(meta, summary)
+    if WASM_B:
+        lines += ["", f"Same figures for `apiguard_b` ({WASM_B}):", ""]
+        lines += footprint_lines(meta, summary, "apiguard_b")
     lines += ["", f"apiguard.wasm: {meta['wasm_bytes']:,} bytes.", "",
               "Variants: `baseline` = no filter but the router; `native_*` = jwt_authn (local_jwks, "
               "with / without `jwt_cache_config` size 100) + rbac (scope word from "
@@ -563,6 +641,60 @@ def write_markdown(meta: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def footprint_lines(meta: dict, summary: dict, variant: str = "apiguard") -> list[str]:
+    """The per-sidecar figures of issue 14 against their goals."""
+    def over_base(sc: str) -> float | None:
+        by_v = summary.get(sc, {})
+        if variant in by_v and "baseline" in by_v:
+            return 1e6 / by_v[variant]["rps"] - 1e6 / by_v["baseline"]["rps"]
+        return None
+
+    def fmt(v, pattern: str) -> str:
+        return "n/a" if v is None else pattern.format(v)
+
+    def ok(v, goal_ok) -> str:
+        return "–" if v is None else ("met" if goal_ok(v) else "**not met**")
+
+    mem = meta.get("rss_per_worker_kb", {})
+    rows = []
+    size = meta["wasm_bytes"] if variant == "apiguard" else meta.get("wasm_b_bytes")
+    rows.append(("module size (bytes)", fmt(size, "{:,}"), "≤ 1,000,000", ok(size, lambda v: v <= 1_000_000)))
+    for n in (1, 2):
+        ag, noop = mem.get(variant, {}).get(f"workers_{n}"), mem.get("noop_wasm", {}).get(f"workers_{n}")
+        extra = None if ag is None or noop is None else (ag - noop) / 1024
+        rows.append((f"Envoy VmRSS, `--concurrency {n}` (MB; over no-op Wasm)",
+                     "n/a" if ag is None else f"{ag / 1024:.0f} ({fmt(extra, '{:+.0f}')})",
+                     "≤ no-op + 20", ok(extra, lambda v: v <= 20)))
+    if variant in mem:
+        rows.append(("each added worker (MB)", f"{mem[variant]['per_worker'] / 1024:.1f}", "–", "–"))
+    for sc, label in (("rs256_one_token", "reused RS256 token"),
+                      ("rs256_10k_tokens", "10k rotated RS256 tokens"),
+                      ("es256_10k_tokens", "10k rotated ES256 tokens")):
+        by_v = summary.get(sc, {})
+        r = by_v[variant]["rps"] / by_v["native_cache"]["rps"] if variant in by_v and "native_cache" in by_v else None
+        rows.append((f"{label}: req/s vs native chain with cache", fmt(r, "{:.2f}"), "≥ 1.0", ok(r, lambda v: v >= 1.0)))
+    noop = over_base("public_get_no_auth")
+    by_v = summary.get("public_get_no_auth", {})
+    noop_us = (1e6 / by_v["noop_wasm"]["rps"] - 1e6 / by_v["baseline"]["rps"]
+               if "noop_wasm" in by_v and "baseline" in by_v else None)
+    rows.append(("public GET, µs/req over baseline (no-op Wasm)",
+                 f"{fmt(noop, '{:.1f}')} ({fmt(noop_us, '{:.1f}')})", "≤ 8", ok(noop, lambda v: v <= 8)))
+    one = summary.get("rs256_one_token_1conn", {})
+    p50 = (one[variant]["p50_ms"] - one["baseline"]["p50_ms"]) * 1000 if variant in one and "baseline" in one else None
+    p50n = (one["native_cache"]["p50_ms"] - one["baseline"]["p50_ms"]) * 1000 if "native_cache" in one and "baseline" in one else None
+    rows.append(("one connection, p50 µs over baseline (native chain)",
+                 f"{fmt(p50, '{:.0f}')} ({fmt(p50n, '{:.0f}')})", "≤ 20", ok(p50, lambda v: v <= 20)))
+    post = over_base("post_1k_json_schema")
+    rows.append(("POST 1 KB JSON + schema, µs/req over baseline", fmt(post, "{:.1f}"), "≤ 20", ok(post, lambda v: v <= 20)))
+    calls = meta.get("host_calls") or {}
+    if calls:
+        rows.append(("host calls per request (" + ", ".join(calls) + ")",
+                     " / ".join(f"{v:g}" for v in calls.values()), "fewer", "–"))
+    lines = ["| figure | measured | goal | |", "| --- | ---: | ---: | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines
+
+
 def write_chart(summary: dict, path: pathlib.Path) -> None:
     try:
         import matplotlib
@@ -573,7 +705,7 @@ def write_chart(summary: dict, path: pathlib.Path) -> None:
         return
     scenarios = list(summary)
     colors = {"baseline": "#9e9e9e", "native_cache": "#1f77b4", "native_nocache": "#aec7e8",
-              "apiguard": "#d62728", "noop_wasm": "#ff9896"}
+              "apiguard": "#d62728", "noop_wasm": "#ff9896", "apiguard_b": "#8c564b"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.16
     for ax, key, title in ((axes[0], "rps", "requests/s (median, higher is better)"),
@@ -661,6 +793,8 @@ def main() -> int:
             "envoy_version": envoy_version, "rounds": ROUNDS, "seconds": SECONDS,
             "warmup_s": WARMUP, "connections": CONNECTIONS, "tokens": NTOKENS,
             "wasm_bytes": WASM.stat().st_size, "rss_kb": {}, "notes": []}
+    if WASM_B:
+        meta["wasm_b_bytes"] = WASM_B.stat().st_size
 
     global RLS_PORT
     services: list[subprocess.Popen] = []
@@ -692,13 +826,13 @@ def main() -> int:
             if st != 200 or (v not in ("baseline", "noop_wasm") and no not in (401, 403)):
                 raise RuntimeError(f"{v}: sanity check failed ({st}, {no})\n"
                                    f"{e.logpath.read_text()[-3000:]}")
-        for v in ("baseline", "apiguard"):
+        for v in [x for x in ("baseline", "apiguard", "apiguard_b") if x in envoys]:
             st = request(envoys[v].port, "POST", "/items", {"Content-Type": "application/json"},
                          body_1k())
             bad = request(envoys[v].port, "POST", "/items", {"Content-Type": "application/json"},
                           b'{"name": 1}')
             print(f"  {v}: POST valid -> {st}, invalid -> {bad}", flush=True)
-            if st != 200 or (v == "apiguard" and bad != 400):
+            if st != 200 or (v != "baseline" and bad != 400):
                 raise RuntimeError(f"{v}: POST sanity check failed ({st}, {bad})")
 
         if RLS_PORT:
@@ -732,6 +866,10 @@ def main() -> int:
         meta["apiguard_stats"] = admin_stats(envoys["apiguard"].admin, "apiguard.jwt")
         if "native_cache" in envoys:
             meta["native_cache_stats"] = admin_stats(envoys["native_cache"].admin, "jwt_authn")
+        print("host calls per request ...", flush=True)
+        meta["host_calls"] = host_calls(
+            work, wanted, {"rs256_one": rs_many[:1], "rs256_many": rs_many, "es256_many": es_many},
+            body_1k())
     finally:
         for e in envoys.values():
             e.stop()
@@ -740,7 +878,8 @@ def main() -> int:
             p.wait(10)
     print("memory per worker ...", flush=True)
     meta["rss_per_worker_kb"] = memory_per_worker(
-        work, [v for v in ("baseline", "native_cache", "noop_wasm", "apiguard") if v in needed])
+        work, [v for v in ("baseline", "native_cache", "noop_wasm", "apiguard", "apiguard_b")
+               if v in needed])
 
     summary = summarize(raw)
     if any(s.get("non_2xx") for by_v in summary.values() for k, s in by_v.items()

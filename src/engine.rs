@@ -1110,3 +1110,6 @@ mod tests;
 
 #[cfg(test)]
 mod security_review_tests;
+
+#[cfg(test)]
+mod hostcall_tests;

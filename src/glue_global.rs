@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
+use super::hostcalls;
 use proxy_wasm::types::{Action, BufferType};
 
 use super::{log_denial, send_denial, Request};

@@ -31,6 +31,11 @@ pub struct Key {
 }
 
 /// The parsed key. RSA and EC keys also keep their SPKI DER for the host's verifier.
+///
+/// The Wasm module verifies ES256/ES384 only through the host (Envoy's BoringSSL): the
+/// pure-Rust P-256/P-384 arithmetic (~200 KB of the module) is built for native targets
+/// only (the CLI, benches) and the unit tests, where it is the fallback of a host without
+/// `verify_signature`.
 #[derive(Clone)]
 pub(crate) enum Material {
     Rsa {
@@ -38,10 +43,12 @@ pub(crate) enum Material {
         spki: Vec<u8>,
     },
     P256 {
+        #[cfg(any(not(target_arch = "wasm32"), test))]
         key: p256::ecdsa::VerifyingKey,
         spki: Vec<u8>,
     },
     P384 {
+        #[cfg(any(not(target_arch = "wasm32"), test))]
         key: p384::ecdsa::VerifyingKey,
         spki: Vec<u8>,
     },
@@ -257,7 +264,7 @@ fn reject_private(jwk: &Map<String, Value>, members: &[&str]) -> Result<(), Stri
     }
 }
 
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+pub(crate) fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     b.get(start..).unwrap_or_default()
 }
@@ -335,20 +342,104 @@ fn ec_key(jwk: &Map<String, Value>) -> Result<Material, String> {
     point.push(0x04);
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
+    let curve = if len == 32 { &P256 } else { &P384 };
+    if !on_curve(curve, &x, &y) {
+        return Err(format!("the {crv} point is not on the curve"));
+    }
+    let prefix: &[u8] = if len == 32 {
+        &P256_SPKI_PREFIX
+    } else {
+        &P384_SPKI_PREFIX
+    };
+    let spki = ec_spki(prefix, &point);
+    #[cfg(any(not(target_arch = "wasm32"), test))]
     let off_curve = || format!("the {crv} point is not on the curve");
     if len == 32 {
-        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?;
         Ok(Material::P256 {
-            key,
-            spki: ec_spki(&P256_SPKI_PREFIX, &point),
+            #[cfg(any(not(target_arch = "wasm32"), test))]
+            key: p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
+            spki,
         })
     } else {
-        let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?;
         Ok(Material::P384 {
-            key,
-            spki: ec_spki(&P384_SPKI_PREFIX, &point),
+            #[cfg(any(not(target_arch = "wasm32"), test))]
+            key: p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
+            spki,
         })
     }
+}
+
+/// A short-Weierstrass curve `y² = x³ - 3x + b (mod p)` (both NIST curves have a = -3),
+/// big-endian.
+pub(crate) struct Curve {
+    p: &'static [u8],
+    b: &'static [u8],
+    /// The group order: ECDSA's `r` and `s` must lie in [1, n).
+    pub(crate) n: &'static [u8],
+}
+
+pub(crate) const P256: Curve = Curve {
+    p: &[
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff,
+    ],
+    b: &[
+        0x5a, 0xc6, 0x35, 0xd8, 0xaa, 0x3a, 0x93, 0xe7, 0xb3, 0xeb, 0xbd, 0x55, 0x76, 0x98, 0x86,
+        0xbc, 0x65, 0x1d, 0x06, 0xb0, 0xcc, 0x53, 0xb0, 0xf6, 0x3b, 0xce, 0x3c, 0x3e, 0x27, 0xd2,
+        0x60, 0x4b,
+    ],
+    n: &[
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ],
+};
+
+pub(crate) const P384: Curve = Curve {
+    p: &[
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xfe, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff,
+        0xff, 0xff, 0xff,
+    ],
+    b: &[
+        0xb3, 0x31, 0x2f, 0xa7, 0xe2, 0x3e, 0xe7, 0xe4, 0x98, 0x8e, 0x05, 0x6b, 0xe3, 0xf8, 0x2d,
+        0x19, 0x18, 0x1d, 0x9c, 0x6e, 0xfe, 0x81, 0x41, 0x12, 0x03, 0x14, 0x08, 0x8f, 0x50, 0x13,
+        0x87, 0x5a, 0xc6, 0x56, 0x39, 0x8d, 0x8a, 0x2e, 0xd1, 0x9d, 0x2a, 0x85, 0xc8, 0xed, 0xd3,
+        0xec, 0x2a, 0xef,
+    ],
+    n: &[
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37,
+        0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc,
+        0xc5, 0x29, 0x73,
+    ],
+};
+
+#[cfg(test)]
+impl Curve {
+    pub(crate) fn p_bytes(&self) -> &'static [u8] {
+        self.p
+    }
+}
+
+/// Whether `(x, y)` (big-endian, each below `p`) is a point of `curve` (SEC 1 §3.2.2.1,
+/// the public-key validation P-256/P-384 crates do on import). Done with the big-integer
+/// arithmetic the RSA verifier already links, so the Wasm module needs no curve crate to
+/// refuse a bad key at load.
+pub(crate) fn on_curve(curve: &Curve, x: &[u8], y: &[u8]) -> bool {
+    use rsa::BigUint;
+    let p = BigUint::from_bytes_be(curve.p);
+    let (x, y) = (BigUint::from_bytes_be(x), BigUint::from_bytes_be(y));
+    if x >= p || y >= p {
+        return false;
+    }
+    let b = BigUint::from_bytes_be(curve.b);
+    let three_x = (&x * 3u32) % &p;
+    // x³ - 3x + b, kept non-negative by adding p before subtracting.
+    let rhs = ((&x * &x % &p) * &x % &p + &p - three_x + b) % &p;
+    (&y * &y) % &p == rhs
 }
 
 fn okp_key(jwk: &Map<String, Value>) -> Result<Material, String> {
@@ -426,14 +517,14 @@ fn der_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
-fn der_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+pub(crate) fn der_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
     out.push(tag);
     der_len(out, content.len());
     out.extend_from_slice(content);
 }
 
 /// A positive INTEGER from big-endian magnitude bytes without leading zeros.
-fn der_uint(out: &mut Vec<u8>, magnitude: &[u8]) {
+pub(crate) fn der_uint(out: &mut Vec<u8>, magnitude: &[u8]) {
     let mut content = Vec::with_capacity(magnitude.len() + 1);
     if magnitude.first().is_none_or(|&b| b & 0x80 != 0) {
         content.push(0);

@@ -1569,3 +1569,90 @@ mod minting {
         assert!(mint(Alg::ES256, b"garbage", None, &claims()).is_err());
     }
 }
+
+// ------------------------------------------- ECDSA without the curve crates (Wasm)
+
+/// The hand-built DER of `ecdsa_der` is what the p256/p384 crates produce, including
+/// `r`/`s` with a leading zero byte or the high bit set, and out-of-range values are
+/// refused as `Signature::from_slice` refuses them.
+#[test]
+fn ecdsa_der_matches_the_curve_crates() {
+    use super::jwk::{P256, P384};
+    use super::verify::ecdsa_der;
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    };
+    for round in 0..400 {
+        let mut sig256: Vec<u8> = (0..64).map(|_| next()).collect();
+        let mut sig384: Vec<u8> = (0..96).map(|_| next()).collect();
+        match round % 4 {
+            0 => {
+                sig256[0] = 0;
+                sig384[48] = 0;
+            }
+            1 => {
+                sig256[32] = 0x80;
+                sig384[0] = 0x7f;
+            }
+            2 => {
+                sig256[..31].fill(0);
+                sig384[48..95].fill(0);
+            }
+            _ => {}
+        }
+        let want = p256::ecdsa::Signature::from_slice(&sig256)
+            .ok()
+            .map(|s| s.to_der().as_bytes().to_vec());
+        assert_eq!(ecdsa_der(&P256, &sig256), want, "{sig256:02x?}");
+        let want = p384::ecdsa::Signature::from_slice(&sig384)
+            .ok()
+            .map(|s| s.to_der().as_bytes().to_vec());
+        assert_eq!(ecdsa_der(&P384, &sig384), want, "{sig384:02x?}");
+    }
+    // Zero, n itself and all-ones are refused; n - 1 is accepted.
+    let n256 = P256.n.to_vec();
+    let mut n_minus_1 = n256.clone();
+    *n_minus_1.last_mut().unwrap() -= 1;
+    for (r, ok) in [
+        (vec![0u8; 32], false),
+        (n256.clone(), false),
+        (vec![0xff; 32], false),
+        (n_minus_1, true),
+    ] {
+        let sig = [r.as_slice(), &[1u8; 32]].concat();
+        assert_eq!(ecdsa_der(&P256, &sig).is_some(), ok, "{r:02x?}");
+    }
+    assert_eq!(ecdsa_der(&P256, &[1u8; 63]), None);
+}
+
+/// `on_curve` (big-integer arithmetic, the Wasm module's key check) agrees with the
+/// p256/p384 crates on the test keys and on points moved off the curve.
+#[test]
+fn on_curve_agrees_with_the_curve_crates() {
+    use super::jwk::{on_curve, P256, P384};
+    for (name, curve, len) in [("p256", &P256, 32usize), ("p384", &P384, 48)] {
+        let jwk = test_jwk(name);
+        let x = unb64(jwk["x"].as_str().unwrap());
+        let y = unb64(jwk["y"].as_str().unwrap());
+        assert!(on_curve(curve, &x, &y), "{name}");
+        for i in 0..len {
+            let mut y2 = y.clone();
+            y2[i] ^= 0x10;
+            let mut point = vec![4u8];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y2);
+            let crate_says = if len == 32 {
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok()
+            } else {
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_ok()
+            };
+            assert_eq!(on_curve(curve, &x, &y2), crate_says, "{name} byte {i}");
+        }
+        // Coordinates at or above p are refused even if they reduce onto the curve.
+        assert!(!on_curve(curve, curve.p_bytes(), &y), "{name}");
+    }
+}

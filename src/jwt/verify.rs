@@ -2,7 +2,7 @@
 //! claims.
 
 use super::alg::{Alg, Family};
-use super::jwk::{Jwks, Key, Material};
+use super::jwk::{der_tlv, der_uint, strip_leading_zeros, Curve, Jwks, Key, Material, P256, P384};
 use super::{JwtError, Rules, Verified};
 use crate::host::SignatureHost;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -311,25 +311,23 @@ pub(crate) fn signature_ok(
             };
             key.verify(scheme, &digest, sig).is_ok()
         }
-        (Material::P256 { key, spki }, Family::EcP256) => {
-            use p256::ecdsa::signature::Verifier;
-            let Ok(s) = p256::ecdsa::Signature::from_slice(sig) else {
+        (Material::P256 { spki, .. }, Family::EcP256) => {
+            let Some(der) = ecdsa_der(&P256, sig) else {
                 return false;
             };
-            if let Some(ok) = host.verify_signature("sha256", spki, s.to_der().as_bytes(), input) {
-                return ok;
+            match host.verify_signature("sha256", spki, &der, input) {
+                Some(ok) => ok,
+                None => ec_fallback(&key.material, input, sig),
             }
-            key.verify(input, &s).is_ok()
         }
-        (Material::P384 { key, spki }, Family::EcP384) => {
-            use p384::ecdsa::signature::Verifier;
-            let Ok(s) = p384::ecdsa::Signature::from_slice(sig) else {
+        (Material::P384 { spki, .. }, Family::EcP384) => {
+            let Some(der) = ecdsa_der(&P384, sig) else {
                 return false;
             };
-            if let Some(ok) = host.verify_signature("sha384", spki, s.to_der().as_bytes(), input) {
-                return ok;
+            match host.verify_signature("sha384", spki, &der, input) {
+                Some(ok) => ok,
+                None => ec_fallback(&key.material, input, sig),
             }
-            key.verify(input, &s).is_ok()
         }
         (Material::Ed25519 { key }, Family::Ed25519) => {
             let Ok(s) = ed25519_dalek::Signature::from_slice(sig) else {
@@ -340,6 +338,48 @@ pub(crate) fn signature_ok(
         (Material::Oct { secret }, Family::Hmac) => hmac_ok(alg, secret, input, sig),
         _ => false,
     }
+}
+
+/// A JWS ECDSA signature (`r || s`, each as long as the curve's order, RFC 7518 §3.4) as
+/// the DER `ECDSA-Sig-Value` BoringSSL verifies; `None` unless `r` and `s` are in [1, n).
+pub(crate) fn ecdsa_der(curve: &Curve, sig: &[u8]) -> Option<Vec<u8>> {
+    let len = curve.n.len();
+    if sig.len() != 2 * len {
+        return None;
+    }
+    let (r, s) = sig.split_at(len);
+    let in_range = |v: &[u8]| v.iter().any(|&b| b != 0) && v < curve.n;
+    if !in_range(r) || !in_range(s) {
+        return None;
+    }
+    let mut ints = Vec::with_capacity(sig.len() + 6);
+    der_uint(&mut ints, strip_leading_zeros(r));
+    der_uint(&mut ints, strip_leading_zeros(s));
+    let mut out = Vec::with_capacity(ints.len() + 3);
+    der_tlv(&mut out, 0x30, &ints);
+    Some(out)
+}
+
+/// Pure-Rust ECDSA for a host without `verify_signature`: native builds (CLI, tests).
+#[cfg(any(not(target_arch = "wasm32"), test))]
+fn ec_fallback(material: &Material, input: &[u8], sig: &[u8]) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    match material {
+        Material::P256 { key, .. } => {
+            p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| key.verify(input, &s).is_ok())
+        }
+        Material::P384 { key, .. } => {
+            p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| key.verify(input, &s).is_ok())
+        }
+        _ => false,
+    }
+}
+
+/// The Wasm module verifies ECDSA through the host only (see [`Material`]): a host
+/// without `verify_signature` refuses ES256/ES384 tokens (it logged why at first use).
+#[cfg(all(target_arch = "wasm32", not(test)))]
+fn ec_fallback(_: &Material, _: &[u8], _: &[u8]) -> bool {
+    false
 }
 
 /// Constant-time HMAC comparison (`verify_slice` rejects a wrong length first).
