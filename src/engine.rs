@@ -662,6 +662,7 @@ fn apply_limits(
 ) -> Result<(), Box<Denial>> {
     use crate::ratelimit::{acquire, headers, key, Acquire};
     let mut tightest: Option<(u64, String, &str)> = None;
+    let grpc_method = crate::grpc::call_method(req.path, req.headers);
     for &li in &route.limits {
         let Some(limit) = policy
             .limits
@@ -706,7 +707,7 @@ fn apply_limits(
             store,
             &limit.spec,
             &bucket_key,
-            limit.cost(req.method),
+            limit.call_cost(req.method, grpc_method),
             now_ms,
         );
         for _ in 0..result.cas_retries() {
@@ -865,7 +866,7 @@ fn global_calls(
                 KeyPart::Constant(c) => ("constant".to_string(), c.clone()),
             })
             .collect();
-        let cost = limit.cost(req.method);
+        let cost = limit.call_cost(req.method, crate::grpc::call_method(req.path, req.headers));
         if cost == 0 {
             continue; // a free request: nothing to count
         }

@@ -14,6 +14,7 @@ use proxy_wasm::types::{
 };
 
 use crate::engine::{BodyCheck, Decision, Engine, Host, Metrics, Peer, RequestHead, Verdict};
+use crate::grpc;
 use crate::headermap;
 use crate::host::{CasError, Clock, SharedStore, SignatureHost};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
@@ -103,6 +104,39 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+}
+
+/// A local reply with an explicit gRPC status, which the SDK's `send_http_response` always
+/// leaves unset (-1); its `send_grpc_response` sets it but takes the message as the body
+/// (and panics on a host error). Envoy uses the status instead of its HTTP→gRPC mapping
+/// when it sees the request as gRPC and the headers do not already carry `grpc-status`.
+fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8], grpc_status: i32) {
+    let map = headermap::serialize_text(headers);
+    // SAFETY: every pointer/length pair describes a live buffer for the whole call; the
+    // host copies what it needs before returning.
+    unsafe {
+        let _ = proxy_send_local_response(
+            status,
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            grpc_status,
+        );
+    }
 }
 
 /// The request headers as Envoy serializes them, parsed in place by `headermap` (the SDK's
@@ -373,6 +407,7 @@ impl RootContext for Root {
             request_id: None,
             response_headers: Vec::new(),
             global: None,
+            grpc: false,
         }))
     }
 
@@ -501,6 +536,8 @@ struct Request {
     response_headers: Vec<(String, String)>,
     /// Rate limit service calls in flight (global limits).
     global: Option<global::Pending>,
+    /// Set for gRPC calls: denials are then trailers-only gRPC responses.
+    grpc: bool,
 }
 
 impl Context for Request {
@@ -533,6 +570,12 @@ impl HttpContext for Request {
             .iter()
             .find(|(k, _)| *k == "x-request-id")
             .map(|(_, v)| *v);
+        self.grpc = grpc::is_grpc(
+            headers
+                .iter()
+                .find(|(k, _)| *k == "content-type")
+                .map(|(_, v)| *v),
+        );
         let head = RequestHead {
             method: pseudo(":method"),
             path: pseudo(":path"),
@@ -677,7 +720,7 @@ impl Request {
             None,
             request_id.as_deref(),
         );
-        send_denial(&denial, request_id.as_deref());
+        send_denial(&denial, request_id.as_deref(), self.grpc);
         Action::Pause
     }
 
@@ -742,7 +785,7 @@ impl Request {
                     decision.principal.as_deref(),
                     request_id,
                 );
-                send_denial(&denial, request_id);
+                send_denial(&denial, request_id, self.grpc);
                 Action::Pause
             }
         }
@@ -779,7 +822,17 @@ fn log_denial(
     );
 }
 
-fn send_denial(denial: &Denial, request_id: Option<&str>) {
+fn send_denial(denial: &Denial, request_id: Option<&str>, grpc: bool) {
+    if grpc {
+        let reply = grpc::reply(denial);
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        send_local_response(200, &headers, b"", reply.grpc_status);
+        return;
+    }
     let headers = denial.response_headers();
     let body = denial.body(request_id);
     let _ = hostcalls::send_http_response(

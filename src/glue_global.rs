@@ -149,7 +149,7 @@ impl Request {
                 pending.principal.as_deref(),
                 self.request_id.as_deref(),
             );
-            send_denial(&denial, self.request_id.as_deref());
+            send_denial(&denial, self.request_id.as_deref(), self.grpc);
             return Action::Pause;
         }
         let policy_wants_headers = worker.engine.borrow().policy().ratelimit_headers_on_allow;

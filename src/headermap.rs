@@ -46,6 +46,27 @@ pub fn text_pairs(buf: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
         .collect()
 }
 
+/// The same encoding, written: for local replies sent through the raw host call.
+pub fn serialize_text(headers: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 fn take_u32(buf: &mut &[u8]) -> Option<u32> {
     let (head, rest) = buf.split_first_chunk::<4>()?;
     *buf = rest;
@@ -120,6 +141,16 @@ mod tests {
             .map(|(n, v)| (n.as_ref(), v.as_ref()))
             .unwrap_or_default();
         assert_eq!((n, v), ("x-tenant", "a\u{fffd}b"));
+    }
+
+    #[test]
+    fn written_maps_read_back() {
+        let h = [("grpc-status", "8"), ("retry-after", "1"), ("x", "")];
+        let buf = serialize_text(&h);
+        let back = text_pairs(&buf);
+        let back: Vec<(&str, &str)> = back.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(back, h);
+        assert!(text_pairs(&serialize_text(&[])).is_empty());
     }
 
     #[test]

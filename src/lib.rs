@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cors;
 pub mod credentials;
 pub mod engine;
+pub mod grpc;
 pub mod headermap;
 pub mod host;
 pub mod hostcrypto;

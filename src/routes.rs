@@ -18,6 +18,8 @@ pub enum PathMatch {
     Prefix(String),
     /// Segments where `{name}` stands for exactly one non-empty segment.
     Template(Vec<Segment>),
+    /// Any method of a gRPC service (`match.grpc` without `method`): `/pkg.Svc/{method}`.
+    GrpcService(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,7 @@ impl PathMatch {
         match self {
             PathMatch::Exact(p) => (p == path).then(Vec::new),
             PathMatch::Prefix(p) => prefix_matches(p, path).then(Vec::new),
+            PathMatch::GrpcService(s) => crate::grpc::is_service_call(s, path).then(Vec::new),
             PathMatch::Template(segments) => {
                 let rest = path.strip_prefix('/')?;
                 let mut params = Vec::new();
@@ -114,6 +117,7 @@ impl PathMatch {
                 Some(Segment::Literal(l)) => Some(l.as_str()),
                 _ => None,
             },
+            PathMatch::GrpcService(s) => Some(s),
         }
     }
 }

@@ -56,8 +56,11 @@ def _pdeathsig():  # runs in the child before exec
     os.setsid()
 
 
-def static_cluster(name: str, port: int, host: str = "127.0.0.1", timeout: str = "1s") -> dict:
-    return {
+def static_cluster(name: str, port: int, host: str = "127.0.0.1", timeout: str = "1s",
+                   http2: bool = False) -> dict:
+    """A one-endpoint cluster; `http2=True` makes Envoy speak HTTP/2 (h2c) to it, as a
+    gRPC upstream needs."""
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": timeout,
@@ -67,6 +70,14 @@ def static_cluster(name: str, port: int, host: str = "127.0.0.1", timeout: str =
                 "socket_address": {"address": host, "port_value": port}}}}]}],
         },
     }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        }
+    return c
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -170,6 +181,9 @@ class Envoy(_StatsMixin):
         access_log: str | None = None,
         stats_config: dict | None = None,
         config_yaml: str | None = None,
+        upstream_http2: bool = False,
+        filters_before: Iterable[dict] = (),
+        filters_after: Iterable[dict] = (),
     ):
         self.policy = policy
         self.upstream_port = upstream_port
@@ -196,6 +210,12 @@ class Envoy(_StatsMixin):
         # fragment Envoy merges over the file (`--config-yaml`, as Istio's bootstrapOverride).
         self.stats_config = stats_config
         self.config_yaml = config_yaml
+        # The `upstream` cluster speaks HTTP/2 (gRPC upstreams).
+        self.upstream_http2 = upstream_http2
+        # HTTP filters placed before apiguard (e.g. envoy.filters.http.grpc_web).
+        self.filters_before = list(filters_before)
+        # HTTP filters between apiguard and the router (Istio puts grpc_web there).
+        self.filters_after = list(filters_after)
         self._own_dir = workdir is None
         self.dir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="apiguard-e2e-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +237,7 @@ class Envoy(_StatsMixin):
         return json.dumps(self.policy if self.policy is not None else {})
 
     def bootstrap(self) -> dict[str, Any]:
-        http_filters: list[dict] = []
+        http_filters: list[dict] = list(self.filters_before)
         if self.with_wasm:
             http_filters.append({
                 "name": "envoy.filters.http.wasm",
@@ -242,6 +262,7 @@ class Envoy(_StatsMixin):
                     },
                 },
             })
+        http_filters += self.filters_after
         http_filters.append({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -294,7 +315,8 @@ class Envoy(_StatsMixin):
                     "common_tls_context": ctx,
                 },
             }
-        clusters = [static_cluster("upstream", self.upstream_port)] + self.clusters
+        clusters = [static_cluster("upstream", self.upstream_port, http2=self.upstream_http2)]
+        clusters += self.clusters
         extra = {"stats_config": self.stats_config} if self.stats_config is not None else {}
         return {
             **extra,

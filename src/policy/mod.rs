@@ -205,6 +205,14 @@ impl Limit {
             .find(|(m, _)| m == method)
             .map_or(self.cost_default, |(_, c)| *c)
     }
+
+    /// The cost of a call: its gRPC method's (`pkg.Svc/Get`) when listed, else its HTTP
+    /// method's, else the default.
+    pub fn call_cost(&self, method: &str, grpc_method: Option<&str>) -> u64 {
+        grpc_method
+            .and_then(|g| self.cost_by_method.iter().find(|(m, _)| m == g))
+            .map_or_else(|| self.cost(method), |(_, c)| *c)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +433,9 @@ fn known_methods(routes: &RouteTable<Route>, limits: &[Limit]) -> Vec<String> {
         .chain(
             limits
                 .iter()
-                .flat_map(|l| l.cost_by_method.iter().map(|(m, _)| m.clone())),
+                .flat_map(|l| l.cost_by_method.iter().map(|(m, _)| m.clone()))
+                // gRPC method costs (`pkg.Svc/Get`) are not HTTP methods.
+                .filter(|m| !m.contains('/')),
         )
         .collect();
     known.sort();
@@ -993,7 +1003,13 @@ fn compile_limit(rl: RawLimit, path: &str, errors: &mut Errors) -> Option<Limit>
             c.default.unwrap_or(1),
             c.methods
                 .into_iter()
-                .map(|(m, v)| (m.to_ascii_uppercase(), v))
+                .filter_map(|(m, v)| match crate::grpc::cost_key(&m) {
+                    Ok(key) => Some((key, v)),
+                    Err(e) => {
+                        errors.push(format!("{path}.cost.methods.{m}"), e);
+                        None
+                    }
+                })
                 .collect(),
         ),
     };
@@ -1017,12 +1033,17 @@ fn compile_route(
     errors: &mut Errors,
 ) -> Option<CompiledRoute<Route>> {
     let start = errors.len();
-    let matcher = match PathMatch::parse(rr.matcher.path.as_deref(), rr.matcher.prefix.as_deref()) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            errors.push(format!("{path}.match"), e);
-            None
-        }
+    let matcher = match &rr.matcher.grpc {
+        Some(_) => crate::grpc::compile_match(&rr.matcher, rr.validate.as_ref())
+            .map_err(|errs| {
+                for (below, e) in errs {
+                    errors.push(format!("{path}{below}"), e);
+                }
+            })
+            .ok(),
+        None => PathMatch::parse(rr.matcher.path.as_deref(), rr.matcher.prefix.as_deref())
+            .map_err(|e| errors.push(format!("{path}.match"), e))
+            .ok(),
     };
     let methods = rr.matcher.methods.map(|ms| {
         ms.iter()
@@ -1039,6 +1060,11 @@ fn compile_route(
             })
             .collect::<Vec<_>>()
     });
+    // gRPC calls are POST; `methods` next to `grpc` is an error reported above.
+    let methods = match rr.matcher.grpc {
+        Some(_) => Some(vec!["POST".to_string()]),
+        None => methods,
+    };
     let access = match (rr.public, rr.providers.is_empty()) {
         (true, false) => {
             errors.push(

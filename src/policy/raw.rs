@@ -364,6 +364,19 @@ pub struct RawMatch {
     pub prefix: Option<String>,
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// A gRPC service and optionally one method, instead of `path`/`prefix`/`methods`.
+    #[serde(default)]
+    pub grpc: Option<RawGrpcMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcMatch {
+    /// Fully-qualified service name, `package.Service`.
+    pub service: String,
+    /// One method of it; absent: every method.
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,7 @@ impl PathMatch {
                 });
                 all && parts.next().is_none()
             }
+            PathMatch::GrpcService(s) => crate::grpc::is_service_call_folded(s, path),
         }
     }
 }
