@@ -19,6 +19,8 @@ import time
 import grpc
 import pytest
 import requests
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from harness import tokens
 from harness.envoy import static_cluster
@@ -245,6 +247,18 @@ def test_denial_as_the_grpc_client_sees_it(envoy, upstream, keys, pb, case, code
         assert part in got.get(name, "\0"), (name, got)
     # Never a problem+json document in grpc-message, never the token.
     assert "{" not in err.details() and "eyJ" not in err.details()
+    # The rich error model, read by grpcio-status (which checks that code and message agree
+    # with grpc-status / grpc-message): one ErrorInfo with the reason and domain.
+    status = rpc_status.from_call(err)
+    assert status is not None and len(status.details) == 1
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == err.details().split(":")[0].upper()
+    assert info.domain == "apiguard"
+    if case == "rate_limited":
+        assert info.metadata["limit"] == "once" and "retry_after_seconds" in info.metadata
+    if case == "missing_metadata":
+        assert dict(info.metadata) == {"pointer": "header/x-tenant", "rule": "required"}
     # The denied call never reached the server.
     assert upstream.count() == before
 

@@ -113,15 +113,21 @@ pub struct Reply {
     /// Also passed as the local reply's gRPC status argument, which Envoy would use if it
     /// set `grpc-status` itself.
     pub grpc_status: i32,
-    /// `grpc-status`, `grpc-message`, and `WWW-Authenticate`, `Retry-After`, `RateLimit*`.
+    /// `grpc-status`, `grpc-message`, `grpc-status-details-bin` (rich error model), and
+    /// `WWW-Authenticate`, `Retry-After`, `RateLimit*`.
     pub headers: Vec<(String, String)>,
 }
 
 pub fn reply(d: &Denial) -> Reply {
     let grpc_status = status_code(d);
+    let msg = message(d);
     let mut headers = vec![
         ("grpc-status".to_string(), grpc_status.to_string()),
-        ("grpc-message".to_string(), percent_encode(&message(d))),
+        ("grpc-message".to_string(), percent_encode(&msg)),
+        (
+            "grpc-status-details-bin".to_string(),
+            crate::grpc_details::status_details_bin(d, grpc_status, &msg),
+        ),
     ];
     if let Some(w) = &d.www_authenticate {
         headers.push(("www-authenticate".to_string(), w.clone()));

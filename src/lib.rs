@@ -8,6 +8,7 @@ pub mod cors;
 pub mod credentials;
 pub mod engine;
 pub mod grpc;
+pub mod grpc_details;
 pub mod headermap;
 pub mod host;
 pub mod hostcrypto;
