@@ -150,6 +150,7 @@ oci: $(WASM)
 # `bench/wasm_size.py` breaks a module down by section and crate (docs/performance.md).
 bench: deps $(WASM)
 	command -v wrk || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	command -v h2load || apt-get install -y nghttp2-client || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	cd bench/noop-filter && cargo build --release --target $(WASM_TARGET)
 	cargo build --release --manifest-path rls/Cargo.toml --locked

@@ -14,7 +14,9 @@ Every route answers with `direct_response`, so no upstream is in the measurement
 
 Scenarios (each: WARMUP s of wrk, discarded, then SECONDS s measured; rounds interleave the
 variants): one RS256 token reused; 10,000 distinct RS256 tokens rotated; 10,000 distinct
-ES256 tokens rotated; POST of a 1 KB JSON body validated by a schema (apiguard vs baseline).
+ES256 tokens rotated; POST of a 1 KB JSON body validated by a schema (apiguard vs baseline);
+a gRPC unary call (`/demo.v1.Items/Get`, HTTP/2, one RS256 token reused) driven by h2load
+(nghttp2-client) instead of wrk, routed by `match.grpc` in apiguard.
 
 Writes bench/results/results.json, results.md and results.png. Env knobs: BENCH_ROUNDS (3),
 BENCH_SECONDS (6), BENCH_WARMUP (2), BENCH_TOKENS (10000), BENCH_SCENARIOS (comma list),
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +76,9 @@ SCOPE = "items:read items:write"
 REQUIRED_SCOPE = "items:read"
 
 VARIANTS = ["baseline", "native_cache", "native_nocache", "apiguard"]
+GRPC_PATH = "/demo.v1.Items/Get"
+# demo.v1.GetRequest{id: "42"} (e2e/grpc/demo.proto) in a gRPC length-prefixed frame.
+GRPC_BODY = b"\x00" + (4).to_bytes(4, "big") + b"\x0a\x0242"
 # `noop_wasm` (bench/noop-filter: a proxy-wasm filter that only returns Continue) is the
 # floor any Wasm filter pays in Envoy; it runs in the public scenario only.
 ALL_VARIANTS = VARIANTS + ["noop_wasm"] + (["apiguard_b"] if WASM_B else [])
@@ -95,8 +101,12 @@ SCENARIOS = {
     # A local limit in front of the global one (both admit): the local bucket's cost on
     # top of the call.
     "public_get_local_global": ("GET", "/local-global", None, ["baseline", "apiguard"]),
+    # gRPC unary over HTTP/2 (h2load, 16 connections, 1 stream each), token reused.
+    "grpc_unary_rs256_one_token": ("POST", GRPC_PATH, "rs256_one", VARIANTS),
 }
 GLOBAL_SCENARIOS = {"public_get_global", "public_get_local_global"}
+# Scenarios driven by h2load (HTTP/2, gRPC headers and a framed protobuf body) instead of wrk.
+H2LOAD_SCENARIOS = {"grpc_unary_rs256_one_token"}
 RLS_BIN = pathlib.Path(os.environ.get("APIGUARD_RLS")
                        or REPO / "rls" / "target" / "release" / "apiguard-rls")
 # Set by main() when a global scenario runs: the RLS port apiguard's `rls` cluster targets.
@@ -261,6 +271,8 @@ def full_apiguard_policy() -> dict:
             {"name": "local-global", "match": {"path": "/local-global", "methods": ["GET"]},
              "public": True, "limits": ["huge_local", "g"]},
             {"name": "list-items", "match": {"path": "/items", "methods": ["GET"]},
+             "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
+            {"name": "get-item-grpc", "match": {"grpc": {"service": "demo.v1.Items", "method": "Get"}},
              "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
             {"name": "create-item", "match": {"path": "/items", "methods": ["POST"]},
              "public": True,
@@ -522,6 +534,55 @@ def run_wrk(port: int, seconds: int, env: dict, lua: pathlib.Path, path: str,
             r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
             return r
     raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+
+
+def run_h2load(port: int, seconds: int, token_file: pathlib.Path, body: pathlib.Path,
+               path: str, workdir: pathlib.Path, connections: int = CONNECTIONS) -> dict:
+    """One gRPC unary scenario with h2load; the same result keys as `run_wrk` (percentiles
+    from h2load's per-request log: start, status, duration in µs)."""
+    token = token_file.read_text().split()[0]
+    log = workdir / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to an existing log file
+    cmd = ["taskset", "-c", WRK_CPU, "h2load", "-t1", f"-c{connections}", "-m1",
+           "-D", str(seconds), "-d", str(body), "--log-file", str(log),
+           "-H", "content-type: application/grpc", "-H", "te: trailers",
+           "-H", f"authorization: Bearer {token}", f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    durations, non_2xx = [], 0
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            durations.append(int(parts[2]))
+            non_2xx += not parts[1].startswith("2")
+    if not durations:
+        raise RuntimeError(f"h2load failed: {out.stdout}\n{out.stderr}")
+    durations.sort()
+
+    def pct(q: float) -> int:
+        return durations[min(len(durations) - 1, int(q * len(durations)))]
+
+    m = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out.stdout)
+    failed = sum(int(x) for x in m.groups()) if m else 0
+    return {"requests": len(durations), "duration_us": seconds * 1_000_000,
+            "rps": len(durations) / seconds, "p50_us": pct(0.50), "p90_us": pct(0.90),
+            "p99_us": pct(0.99), "mean_us": sum(durations) / len(durations),
+            "max_us": durations[-1], "errors_connect": 0, "errors_read": 0,
+            "errors_write": 0, "errors_timeout": failed, "errors_status": non_2xx}
+
+
+def grpc_status(port: int, path: str, token: str | None) -> tuple[int, str | None]:
+    """(HTTP status, grpc-status header) of one gRPC-framed POST over HTTP/1.1: a denial is
+    HTTP 200 with grpc-status, so the status code alone cannot tell."""
+    headers = {"content-type": "application/grpc", "te": "trailers"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=GRPC_BODY,
+                                 method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.headers.get("grpc-status")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("grpc-status")
 
 
 # --- report ---------------------------------------------------------------------------
@@ -794,6 +855,10 @@ def main() -> int:
     print(f"  {time.time() - t0:.1f} s", flush=True)
     body_path = work / "body.json"
     body_path.write_bytes(body_1k())
+    grpc_body_path = work / "grpc_body.bin"
+    grpc_body_path.write_bytes(GRPC_BODY)
+    if any(s in H2LOAD_SCENARIOS for s in wanted) and shutil.which("h2load") is None:
+        sys.exit("h2load missing: apt-get install -y nghttp2-client")
     lua = work / "bench.lua"
     lua.write_text(LUA)
 
@@ -853,6 +918,17 @@ def main() -> int:
                 print(f"  apiguard: GET {path} -> {st}", flush=True)
                 if st != 200:
                     raise RuntimeError(f"global limit sanity check failed ({st})")
+        if any(s in H2LOAD_SCENARIOS for s in wanted):
+            # gRPC: a denial is HTTP 200 + grpc-status 16; an allowed call reaches the
+            # router's direct_response, which Envoy answers to gRPC as grpc-status 2 (its
+            # mapping of HTTP 200 in a local reply).
+            for v, e in envoys.items():
+                ok = grpc_status(e.port, GRPC_PATH, rs_many[0])
+                no = grpc_status(e.port, GRPC_PATH, None)
+                print(f"  {v}: gRPC with token -> {ok}, without -> {no}", flush=True)
+                if ok != (200, "2") or (v not in ("baseline", "noop_wasm") and no[1] != "16"):
+                    raise RuntimeError(f"{v}: gRPC sanity check failed ({ok}, {no})")
+
         total = sum(len(SCENARIOS[s][3]) for s in wanted) * ROUNDS * (SECONDS + WARMUP)
         print(f"running {ROUNDS} rounds, ~{total} s of load ...", flush=True)
         for rnd in range(ROUNDS):
@@ -866,8 +942,13 @@ def main() -> int:
                 for v in order:
                     port = envoys[v].port
                     conns = SCENARIO_CONNECTIONS.get(sc, CONNECTIONS)
-                    run_wrk(port, WARMUP, env, lua, path, conns)
-                    r = run_wrk(port, SECONDS, env, lua, path, conns)
+                    if sc in H2LOAD_SCENARIOS:
+                        for secs in (WARMUP, SECONDS):
+                            r = run_h2load(port, secs, token_files[tokens], grpc_body_path,
+                                           path, work, conns)
+                    else:
+                        run_wrk(port, WARMUP, env, lua, path, conns)
+                        r = run_wrk(port, SECONDS, env, lua, path, conns)
                     r.update({"scenario": sc, "variant": v, "round": rnd})
                     raw.append(r)
                     print(f"  round {rnd} {sc:22s} {v:15s} {r['rps']:>9,.0f} req/s  "
