@@ -39,6 +39,21 @@ pub struct RequestHead<'a> {
     pub end_of_stream: bool,
 }
 
+impl RequestHead<'_> {
+    /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).
+    pub fn joined_header(&self, name: &str) -> Option<String> {
+        joined_header(self.headers, name)
+    }
+
+    /// The address a `client_ip` key part names: the TCP peer, or the entry `trusted_hops`
+    /// proxies in front of Envoy wrote into `x-forwarded-for` (`ratelimit::key::client_ip`).
+    pub fn client_ip(&self, trusted_hops: u32) -> String {
+        let xff = self.joined_header("x-forwarded-for");
+        let peer = self.peer.address().unwrap_or_default();
+        crate::ratelimit::key::client_ip(xff.as_deref(), trusted_hops, &peer)
+    }
+}
+
 /// What the host knows about the downstream connection. Each lookup is a host call, so the
 /// engine asks only when a route needs it (client-certificate principals, `client_ip` keys).
 pub trait Peer {
@@ -677,16 +692,12 @@ fn apply_limits(
             .iter()
             .map(|part| match part {
                 KeyPart::ClientIp { trusted_hops } => {
-                    let xff = joined_header(req.headers, "x-forwarded-for");
                     let peer = req.peer.address().unwrap_or_default();
                     if key::peer_is_from_header(&peer) {
                         // Envoy lacks `use_remote_address: true`: such clients share a bucket.
                         metrics.incr("apiguard.client_ip.peer_from_header");
                     }
-                    format!(
-                        "ip={}",
-                        key::client_ip(xff.as_deref(), *trusted_hops, &peer)
-                    )
+                    format!("ip={}", req.client_ip(*trusted_hops))
                 }
                 KeyPart::Claim(path) => format!(
                     "claim={}",
@@ -834,7 +845,7 @@ fn global_calls(
     req: &RequestHead,
     claims: &Map<String, Value>,
 ) -> Vec<crate::ratelimit::global::GlobalCall> {
-    use crate::ratelimit::{global, key};
+    use crate::ratelimit::global;
     let mut calls = Vec::new();
     for &li in &route.limits {
         let Some((limit, spec)) = policy
@@ -850,10 +861,7 @@ fn global_calls(
             .iter()
             .map(|part| match part {
                 KeyPart::ClientIp { trusted_hops } => {
-                    let xff = joined_header(req.headers, "x-forwarded-for");
-                    let peer = req.peer.address().unwrap_or_default();
-                    let ip = key::client_ip(xff.as_deref(), *trusted_hops, &peer);
-                    ("client_ip".to_string(), ip)
+                    ("client_ip".to_string(), req.client_ip(*trusted_hops))
                 }
                 KeyPart::Claim(path) => {
                     (format!("claim.{path}"), global::claim_value(claims, path))

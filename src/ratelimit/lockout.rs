@@ -43,25 +43,9 @@ fn lockouts<'a>(policy: &'a Policy, route: &'a Route) -> impl Iterator<Item = &'
 
 /// The bucket key of a lockout limit: the parts a request without a verified identity has.
 fn bucket_key(limit: &Limit, route: &Route, req: &RequestHead) -> String {
-    let header = |name: &str| {
-        let values: Vec<&str> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
-            .collect();
-        (!values.is_empty()).then(|| values.join(","))
-    };
     let parts = limit.key.iter().map(|part| match part {
-        KeyPart::ClientIp { trusted_hops } => {
-            let peer = req.peer.address().unwrap_or_default();
-            let xff = header("x-forwarded-for");
-            format!(
-                "ip={}",
-                key::client_ip(xff.as_deref(), *trusted_hops, &peer)
-            )
-        }
-        KeyPart::Header(h) => format!("header={}", header(h).unwrap_or_default()),
+        KeyPart::ClientIp { trusted_hops } => format!("ip={}", req.client_ip(*trusted_hops)),
+        KeyPart::Header(h) => format!("header={}", req.joined_header(h).unwrap_or_default()),
         KeyPart::Route => format!("route={}", route.name),
         KeyPart::Constant(c) => format!("const={c}"),
         // Refused by the policy compiler: a failed request has no verified claims.
