@@ -1,7 +1,9 @@
 //! Shared-bucket tests: interleaved workers, slot take-over, the memory bound, modes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::Arc;
+use std::sync::Mutex;
 
 use proptest::prelude::*;
 
