@@ -80,8 +80,15 @@ pub fn message(d: &Denial) -> String {
         .and_then(|(_, v)| v.as_array())
         .and_then(|a| a.first());
     if let Some(e) = first_error {
-        let field = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-        m.push_str(&format!(" ({} {})", field("pointer"), field("rule")));
+        // A body-wide error has an empty pointer: name only what is there.
+        let where_and_rule: Vec<&str> = ["pointer", "rule"]
+            .iter()
+            .filter_map(|k| e.get(*k).and_then(|v| v.as_str()))
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !where_and_rule.is_empty() {
+            m.push_str(&format!(" ({})", where_and_rule.join(" ")));
+        }
     }
     truncate(&mut m, MAX_MESSAGE_BYTES);
     m
@@ -341,6 +348,15 @@ mod tests {
         assert_eq!(
             message(&d),
             "invalid_header: a request header is invalid (header/x-tenant required)"
+        );
+        let mut d = Denial::new(413, "body_too_large", "the request body is too large");
+        d.extensions.push((
+            "errors",
+            json!([{"pointer": "", "rule": "maxBytes", "message": "m"}]),
+        ));
+        assert_eq!(
+            message(&d),
+            "body_too_large: the request body is too large (maxBytes)"
         );
         let d = Denial::new(400, "x", "é".repeat(300));
         let m = message(&d);
