@@ -97,8 +97,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
+            // Two hex digits exactly: `from_str_radix` alone would take `%+1` as 0x01.
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
@@ -214,6 +216,15 @@ mod tests {
         assert_eq!(
             extract(&TokenSource::Cookie("s".into()), &hs, ""),
             Found::Ambiguous
+        );
+    }
+
+    #[test]
+    fn a_sign_is_no_hex_digit() {
+        let pairs: Vec<_> = query_pairs("t%+1=a&u=%2B%-1").collect();
+        assert_eq!(
+            pairs,
+            [("t%+1".into(), "a".into()), ("u".into(), "+%-1".into())]
         );
     }
 

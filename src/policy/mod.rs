@@ -775,7 +775,7 @@ fn compile_api_keys(rs: RawApiKeySet, path: &str, errors: &mut Errors) -> Option
 
 fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
