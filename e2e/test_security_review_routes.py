@@ -189,14 +189,29 @@ def test_jwk_whose_key_ops_or_use_exclude_verify_cannot_verify(jwk_setup, echo):
     envoy, ks = jwk_setup
     from harness.checks import wait_until
     good = tokens.mint("RS256", ks["good"], tokens.claims(ISS, AUD, sub="good"))
-    assert wait_until(lambda: envoy.get("/api/x", bearer(good)).status == 200, timeout=30)
-    assert echoed(envoy.get("/api/x", bearer(good)))["headers"]["authorization"] == f"Bearer {good}"
+    # Each worker loads the shared keys on its own: until one has them it answers 503.
+    good_answers = []
+
+    def good_passes() -> bool:
+        good_answers.append(envoy.get("/api/x", bearer(good)))
+        return good_answers[-1].status == 200
+
+    assert wait_until(good_passes, timeout=30), good_answers[-1]
+    assert echoed(good_answers[-1])["headers"]["authorization"] == f"Bearer {good}"
     for kid, alg in (("enc-ops", "RS256"), ("sign-only", "ES256"), ("enc-use", "RS256")):
         forged = tokens.mint(alg, ks[kid], tokens.claims(ISS, AUD, sub="mallory"))
         before = echo.count
-        resp = envoy.get("/api/x", bearer(forged))
-        never_upstream(echo, before, resp)
-        assert resp.status == 401, (kid, resp)
+        # A worker without the keys yet answers 503 jwks_unavailable (never upstream either):
+        # ask until a worker with keys answers.
+        answers = []
+
+        def answered_with_keys() -> bool:
+            answers.append(envoy.get("/api/x", bearer(forged)))
+            never_upstream(echo, before, answers[-1])
+            return answers[-1].status != 503
+
+        assert wait_until(answered_with_keys, timeout=30), (kid, answers[-1])
+        assert answers[-1].status == 401, (kid, answers[-1])
 
 
 # --- finding 6: JSON members that differ only by case; `format` assertion -----------------
