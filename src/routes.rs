@@ -335,7 +335,8 @@ mod tests {
 
     type Spec<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a [&'a str]>);
 
-    fn table(specs: &[Spec]) -> RouteTable<usize> {
+    /// A table from (template, exact, methods) triples; also used by `lookalike`'s tests.
+    pub(super) fn table(specs: &[Spec]) -> RouteTable<usize> {
         RouteTable::new(
             specs
                 .iter()

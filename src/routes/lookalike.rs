@@ -98,24 +98,8 @@ fn toggle_trailing_slash(path: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::CompiledRoute;
+    use super::super::tests::table;
     use super::*;
-
-    type Spec<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a [&'a str]>);
-
-    fn table(specs: &[Spec]) -> RouteTable<usize> {
-        RouteTable::new(
-            specs
-                .iter()
-                .enumerate()
-                .map(|(i, (p, x, m))| CompiledRoute {
-                    methods: m.map(|m| m.iter().map(|s| s.to_string()).collect()),
-                    path: PathMatch::parse(*p, *x).unwrap(),
-                    value: i,
-                })
-                .collect(),
-        )
-    }
 
     #[test]
     fn case_and_trailing_slash_variants_find_the_route() {
