@@ -61,6 +61,16 @@ pub mod fake {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
+    /// Metrics that remember every counter bumped, in order.
+    #[derive(Default)]
+    pub struct Counted(pub Vec<String>);
+
+    impl crate::engine::Metrics for Counted {
+        fn incr(&mut self, name: &str) {
+            self.0.push(name.to_string());
+        }
+    }
+
     #[derive(Default)]
     pub struct FakeClock {
         pub millis: Cell<u64>,

@@ -2,21 +2,12 @@
 //! route that upstream frameworks fold together, instead of letting them through unchecked.
 
 use super::*;
-use crate::host::fake::{FakeClock, FakeStore};
+use crate::host::fake::{Counted, FakeClock, FakeStore};
 use crate::host::NoHostCrypto;
 use serde_json::json;
 
 /// sha256("k"): the API key the tests present.
 const KEY_SHA: &str = "8254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a";
-
-#[derive(Default)]
-struct Counted(Vec<String>);
-
-impl Metrics for Counted {
-    fn incr(&mut self, name: &str) {
-        self.0.push(name.to_string());
-    }
-}
 
 fn policy(extra: serde_json::Value) -> Engine {
     let mut p = json!({

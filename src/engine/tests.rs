@@ -1,7 +1,7 @@
 //! Engine tests with HS256 tokens minted by PyJWT (fixed vectors, iat 1700000000, exp +3600).
 
 use super::*;
-use crate::host::fake::{FakeClock, FakeStore};
+use crate::host::fake::{Counted, FakeClock, FakeStore};
 use crate::host::NoHostCrypto;
 use serde_json::json;
 
@@ -10,15 +10,6 @@ const READ: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3Mi
 const WRITE: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWxpY2UiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwic2NvcGUiOiJpdGVtczpyZWFkIGl0ZW1zOndyaXRlIiwib3JnIjp7ImlkIjoiYWNtZSJ9LCJyb2xlcyI6WyJhIiwiYiJdfQ.T6rW31BgVA0g77HFjdgiQBMoioo3frKTgf5G0HczYPg";
 const OTHER_ISS: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL290aGVyLnRlc3QiLCJhdWQiOiJhcGkiLCJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAzNjAwfQ.c139SKtPxzJxbyCiZKlHy8ueBJSUnvcgkdRWkeRdw5c";
 const UNKNOWN_KID: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6Inp6eiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYWxpY2UiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwic2NvcGUiOiJpdGVtczpyZWFkIn0.9bLZ_5xdLyOut_jHyV9lwgvyjPtdmOpenoieGXCuLf8";
-
-#[derive(Default)]
-struct Counted(Vec<String>);
-
-impl Metrics for Counted {
-    fn incr(&mut self, name: &str) {
-        self.0.push(name.to_string());
-    }
-}
 
 fn provider(extra: serde_json::Value) -> serde_json::Value {
     let mut p = json!({

@@ -225,20 +225,13 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Decision, Engine, Host, KnownPeer, Metrics, RequestHead};
-    use crate::host::fake::{FakeClock, FakeStore};
+    use crate::engine::{Decision, Engine, Host, KnownPeer, RequestHead};
+    use crate::host::fake::{Counted, FakeClock, FakeStore};
     use crate::host::NoHostCrypto;
     use crate::policy::Policy;
     use crate::rls_proto::{DescriptorStatus, Duration, RateLimit};
     use serde_json::json;
     use std::rc::Rc;
-
-    struct Counted(Vec<String>);
-    impl Metrics for Counted {
-        fn incr(&mut self, name: &str) {
-            self.0.push(name.to_string());
-        }
-    }
 
     fn spec(on_error: FailureMode) -> GlobalSpec {
         GlobalSpec {
