@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 #[cfg(not(target_arch = "wasm32"))]
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 
@@ -415,13 +414,16 @@ fn degenerate_tables_do_not_panic() {
 
 /// Envoy's shared data, thread-safe: absent keys are created whatever the CAS, present
 /// keys check a non-zero CAS, tokens come from one process-wide counter that skips 0.
+#[cfg(not(target_arch = "wasm32"))]
 type Entries = HashMap<String, (Vec<u8>, u32)>;
 
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Default)]
 struct EnvoyStore {
     inner: Mutex<(Entries, u32)>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl SharedStore for EnvoyStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.inner.lock().unwrap().0.get(key).cloned()
