@@ -95,7 +95,7 @@ fn to_json(args: &[String]) -> ExitCode {
     }
     let value: Result<serde_json::Value, String> = std::fs::read_to_string(path)
         .map_err(|e| e.to_string())
-        .and_then(|t| serde_yaml::from_str(&t).map_err(|e| e.to_string()));
+        .and_then(|t| yaml_serde::from_str(&t).map_err(|e| e.to_string()));
     match value {
         Ok(v) => {
             println!("{v}");
@@ -170,7 +170,7 @@ fn openapi(args: &[String]) -> ExitCode {
     let text = if as_json {
         Ok(import.policy.to_string())
     } else {
-        serde_yaml::to_string(&import.policy).map_err(|e| e.to_string())
+        yaml_serde::to_string(&import.policy).map_err(|e| e.to_string())
     };
     match text {
         Ok(t) => {

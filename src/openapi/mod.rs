@@ -501,12 +501,12 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
     if text.trim_start().starts_with('{') {
         return serde_json::from_str(text).map_err(|e| e.to_string());
     }
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let yaml: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
     Ok(yaml_to_json(yaml))
 }
 
-fn yaml_to_json(v: serde_yaml::Value) -> Value {
-    use serde_yaml::Value as Y;
+fn yaml_to_json(v: yaml_serde::Value) -> Value {
+    use yaml_serde::Value as Y;
     match v {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(b),
@@ -532,9 +532,9 @@ fn yaml_to_json(v: serde_yaml::Value) -> Value {
     }
 }
 
-fn yaml_key(k: serde_yaml::Value) -> String {
+fn yaml_key(k: yaml_serde::Value) -> String {
     match k {
-        serde_yaml::Value::String(s) => s,
+        yaml_serde::Value::String(s) => s,
         other => match yaml_to_json(other) {
             Value::String(s) => s,
             v => v.to_string(),

@@ -254,7 +254,7 @@ impl Policy {
     /// Parses YAML (Istio `pluginConfig`, files for `apiguard check`); same schema.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_yaml(text: &str) -> Result<Policy, Vec<ConfigError>> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| {
+        let value: Value = yaml_serde::from_str(text).map_err(|e| {
             vec![ConfigError {
                 path: String::new(),
                 message: format!("not valid YAML: {e}"),
