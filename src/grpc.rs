@@ -457,9 +457,9 @@ mod tests {
 #[cfg(test)]
 mod policy_tests {
     //! `match.grpc` and gRPC method costs through the real policy compiler and engine.
-    use crate::engine::{Engine, Host, KnownPeer, Metrics, RequestHead, Verdict};
+    use crate::engine::test_request::TestRequest;
+    use crate::engine::{Engine, Metrics, Verdict};
     use crate::host::fake::{FakeClock, FakeStore};
-    use crate::host::NoHostCrypto;
     use crate::policy::Policy;
     use serde_json::{json, Value};
     use std::rc::Rc;
@@ -534,27 +534,15 @@ mod policy_tests {
         let mut engine = Engine::new(Rc::new(p));
         let (store, clock) = (FakeStore::default(), FakeClock::at_secs(1_700_000_000));
         let mut call = |path: &str, tenant: bool| {
-            let mut headers = vec![("content-type", "application/grpc")];
+            let mut req = TestRequest::new("POST", path)
+                .header("content-type", "application/grpc")
+                .end_of_stream(false)
+                .clock(&clock)
+                .store(&store);
             if tenant {
-                headers.push(("x-tenant", "t"));
+                req = req.header("x-tenant", "t");
             }
-            let head = RequestHead {
-                method: "POST",
-                path,
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer::default(),
-                end_of_stream: false,
-            };
-            let host = Host {
-                clock: &clock,
-                crypto: &NoHostCrypto,
-                store: &store,
-            };
-            match engine
-                .on_request_headers(&head, &host, &mut NoMetrics)
-                .verdict
-            {
+            match req.send(&mut engine, &mut NoMetrics).verdict {
                 Verdict::Allow(_) => 0,
                 Verdict::Deny(d) => super::status_code(&d),
             }

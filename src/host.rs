@@ -54,6 +54,42 @@ impl SignatureHost for NoHostCrypto {
     }
 }
 
+/// What the host knows about the downstream connection. Each lookup is a host call, so the
+/// engine asks only when a route needs it (client-certificate principals, `client_ip` keys).
+pub trait Peer {
+    /// The connection's remote address (`ip:port`).
+    fn address(&self) -> Option<String>;
+    /// First URI SAN of the client certificate Envoy verified (mTLS).
+    fn uri_san(&self) -> Option<String>;
+    /// Subject of the client certificate Envoy verified.
+    fn subject(&self) -> Option<String>;
+}
+
+/// A peer whose facts are known up front (tests, benchmarks, fuzzing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KnownPeer<'a> {
+    pub address: Option<&'a str>,
+    pub uri_san: Option<&'a str>,
+    pub subject: Option<&'a str>,
+}
+
+impl Peer for KnownPeer<'_> {
+    fn address(&self) -> Option<String> {
+        self.address.map(str::to_string)
+    }
+    fn uri_san(&self) -> Option<String> {
+        self.uri_san.map(str::to_string)
+    }
+    fn subject(&self) -> Option<String> {
+        self.subject.map(str::to_string)
+    }
+}
+
+/// Counters the glue maps to Envoy stats.
+pub trait Metrics {
+    fn incr(&mut self, name: &str);
+}
+
 #[cfg(test)]
 pub mod fake {
     //! In-memory host doubles for unit tests.
@@ -65,7 +101,7 @@ pub mod fake {
     #[derive(Default)]
     pub struct Counted(pub Vec<String>);
 
-    impl crate::engine::Metrics for Counted {
+    impl Metrics for Counted {
         fn incr(&mut self, name: &str) {
             self.0.push(name.to_string());
         }

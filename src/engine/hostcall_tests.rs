@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+use super::test_request::TestRequest;
 use super::*;
 use crate::host::fake::{FakeClock, FakeStore};
-use crate::host::{CasError, NoHostCrypto};
+use crate::host::CasError;
 use serde_json::json;
 use std::cell::Cell;
 
@@ -79,32 +80,17 @@ fn count(
 ) -> (u32, u32, u32, u32) {
     let calls = Calls::default();
     let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![(":method", "GET"), (":path", path)];
+    let mut req = TestRequest::get(path).headers(&[(":method", "GET"), (":path", path)]);
     if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
+        req = req.header("authorization", a);
     }
     let clock = CountingClock(&calls, FakeClock::at_secs(1_700_000_100));
     let counting_store = CountingStore(&calls, store);
-    let d = e.on_request_headers(
-        &RequestHead {
-            method: "GET",
-            path,
-            headers: &headers,
-            request_id: None,
-            peer: &KnownPeer {
-                address: Some("10.0.0.1:5555"),
-                uri_san: None,
-                subject: None,
-            },
-            end_of_stream: true,
-        },
-        &Host {
-            clock: &clock,
-            crypto: &NoHostCrypto,
-            store: &counting_store,
-        },
-        &mut CountingMetrics(&calls),
-    );
+    let d = req
+        .peer_addr("10.0.0.1:5555")
+        .clock(&clock)
+        .store(&counting_store)
+        .send(e, &mut CountingMetrics(&calls));
     assert!(matches!(d.verdict, Verdict::Allow(_)), "{path}");
     (
         calls.clock.get(),

@@ -1,9 +1,9 @@
 //! Issue 12 (routes, preflight, query and body findings): the engine refuses spellings of a
 //! route that upstream frameworks fold together, instead of letting them through unchecked.
 
+use super::test_request::TestRequest;
 use super::*;
 use crate::host::fake::{Counted, FakeClock, FakeStore};
-use crate::host::NoHostCrypto;
 use serde_json::json;
 
 /// sha256("k"): the API key the tests present.
@@ -45,22 +45,12 @@ fn run_with(
     headers: &[(&str, &str)],
     end_of_stream: bool,
 ) -> Decision {
-    e.on_request_headers(
-        &RequestHead {
-            method,
-            path,
-            headers,
-            request_id: None,
-            peer: &KnownPeer::default(),
-            end_of_stream,
-        },
-        &Host {
-            clock: &FakeClock::at_secs(1_700_000_000),
-            crypto: &NoHostCrypto,
-            store,
-        },
-        &mut Counted::default(),
-    )
+    TestRequest::new(method, path)
+        .headers(headers)
+        .end_of_stream(end_of_stream)
+        .at_secs(1_700_000_000)
+        .store(store)
+        .send(e, &mut Counted::default())
 }
 
 fn reason(d: &Decision) -> Option<(u16, &'static str)> {
@@ -167,26 +157,12 @@ fn spray(route: &str, sprayed: usize) -> (usize, usize) {
     let store = FakeStore::default();
     let clock = FakeClock::at_secs(1_700_000_000);
     let mut go = |client: &str, ip: &str| {
-        let headers = [("x-client", client)];
-        let d = e.on_request_headers(
-            &RequestHead {
-                method: "GET",
-                path: route,
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer {
-                    address: Some(ip),
-                    ..KnownPeer::default()
-                },
-                end_of_stream: true,
-            },
-            &Host {
-                clock: &clock,
-                crypto: &NoHostCrypto,
-                store: &store,
-            },
-            &mut Counted::default(),
-        );
+        let d = TestRequest::get(route)
+            .header("x-client", client)
+            .peer_addr(ip)
+            .clock(&clock)
+            .store(&store)
+            .send(&mut e, &mut Counted::default());
         matches!(d.verdict, Verdict::Allow(_))
     };
     let admitted = (0..sprayed)

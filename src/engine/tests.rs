@@ -1,8 +1,8 @@
 //! Engine tests with HS256 tokens minted by PyJWT (fixed vectors, iat 1700000000, exp +3600).
 
+use super::test_request::TestRequest;
 use super::*;
 use crate::host::fake::{Counted, FakeClock, FakeStore};
-use crate::host::NoHostCrypto;
 use serde_json::json;
 
 const KEY_K: &str = "YXBpZ3VhcmQtdW5pdC10ZXN0cy1obWFjLWtleS0zMmI";
@@ -50,28 +50,12 @@ fn run(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (Decision, Counted) {
-    let clock = FakeClock::at_secs(1_700_000_100);
     let mut m = Counted::default();
-    let d = engine.on_request_headers(
-        &RequestHead {
-            method,
-            path,
-            headers,
-            request_id: Some("rid"),
-            peer: &KnownPeer {
-                address: Some("10.0.0.1:5555"),
-                uri_san: None,
-                subject: None,
-            },
-            end_of_stream: true,
-        },
-        &Host {
-            clock: &clock,
-            crypto: &NoHostCrypto,
-            store: &FakeStore::default(),
-        },
-        &mut m,
-    );
+    let d = TestRequest::new(method, path)
+        .headers(headers)
+        .request_id("rid")
+        .peer_addr("10.0.0.1:5555")
+        .send(engine, &mut m);
     (d, m)
 }
 
@@ -334,27 +318,10 @@ fn run_peer(
     headers: &[(&str, &str)],
     peer: Option<&str>,
 ) -> Decision {
-    let clock = FakeClock::at_secs(1_700_000_100);
-    engine.on_request_headers(
-        &RequestHead {
-            method: "GET",
-            path,
-            headers,
-            request_id: None,
-            peer: &KnownPeer {
-                address: None,
-                uri_san: peer,
-                subject: None,
-            },
-            end_of_stream: true,
-        },
-        &Host {
-            clock: &clock,
-            crypto: &NoHostCrypto,
-            store: &FakeStore::default(),
-        },
-        &mut Counted::default(),
-    )
+    TestRequest::get(path)
+        .headers(headers)
+        .uri_san(peer)
+        .send(engine, &mut Counted::default())
 }
 
 #[test]
@@ -447,27 +414,12 @@ fn limits_admit_capacity_then_429_with_headers() {
     let store = FakeStore::default();
     let clock = FakeClock::at_secs(1_700_000_000);
     let mut go = |xff: &str| {
-        let headers = vec![("x-forwarded-for", xff)];
-        e.on_request_headers(
-            &RequestHead {
-                method: "GET",
-                path: "/healthz",
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer {
-                    address: Some("127.0.0.1:4000"),
-                    uri_san: None,
-                    subject: None,
-                },
-                end_of_stream: true,
-            },
-            &Host {
-                clock: &clock,
-                crypto: &NoHostCrypto,
-                store: &store,
-            },
-            &mut Counted::default(),
-        )
+        TestRequest::get("/healthz")
+            .header("x-forwarded-for", xff)
+            .peer_addr("127.0.0.1:4000")
+            .clock(&clock)
+            .store(&store)
+            .send(&mut e, &mut Counted::default())
     };
     let d = go("9.9.9.9, 1.1.1.1");
     allowed(&d);
@@ -520,33 +472,13 @@ fn validation_head_and_body_plan() {
     assert!(x.body(None).contains("/limit") || x.body(None).contains("limit"));
     let (d, _) = run(&mut e, "GET", &format!("/items?x={}", "a".repeat(100)), &[]);
     assert_eq!(denial(&d).status, 414);
-    let headers = vec![
-        ("content-type", "application/json"),
-        ("content-length", "20"),
-    ];
-    let clock = FakeClock::at_secs(1_700_000_000);
-    let store = FakeStore::default();
     let mut m = Counted::default();
-    let d = e.on_request_headers(
-        &RequestHead {
-            method: "POST",
-            path: "/items",
-            headers: &headers,
-            request_id: None,
-            peer: &KnownPeer {
-                address: None,
-                uri_san: None,
-                subject: None,
-            },
-            end_of_stream: false,
-        },
-        &Host {
-            clock: &clock,
-            crypto: &NoHostCrypto,
-            store: &store,
-        },
-        &mut m,
-    );
+    let d = TestRequest::new("POST", "/items")
+        .header("content-type", "application/json")
+        .header("content-length", "20")
+        .end_of_stream(false)
+        .at_secs(1_700_000_000)
+        .send(&mut e, &mut m);
     allowed(&d);
     let check = d.body.expect("a body check is pending");
     assert!(m.0.is_empty(), "allowed is counted only after the body");
@@ -747,27 +679,12 @@ fn client_ip_from_a_header_derived_peer_shares_one_bucket() {
         // What Envoy reports without use_remote_address: the spoofed XFF entry, port 0.
         let addr = format!("6.6.6.{i}:0");
         let xff = format!("6.6.6.{i}");
-        let headers = [("x-forwarded-for", xff.as_str())];
-        let d = e.on_request_headers(
-            &RequestHead {
-                method: "GET",
-                path: "/x",
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer {
-                    address: Some(&addr),
-                    uri_san: None,
-                    subject: None,
-                },
-                end_of_stream: true,
-            },
-            &Host {
-                clock: &clock,
-                crypto: &NoHostCrypto,
-                store: &store,
-            },
-            &mut counted,
-        );
+        let d = TestRequest::get("/x")
+            .header("x-forwarded-for", &xff)
+            .peer_addr(&addr)
+            .clock(&clock)
+            .store(&store)
+            .send(&mut e, &mut counted);
         statuses.push(match d.verdict {
             Verdict::Allow(_) => 200,
             Verdict::Deny(x) => x.status,

@@ -225,9 +225,9 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Decision, Engine, Host, KnownPeer, RequestHead};
-    use crate::host::fake::{Counted, FakeClock, FakeStore};
-    use crate::host::NoHostCrypto;
+    use crate::engine::test_request::TestRequest;
+    use crate::engine::{Decision, Engine};
+    use crate::host::fake::{Counted, FakeStore};
     use crate::policy::Policy;
     use crate::rls_proto::{DescriptorStatus, Duration, RateLimit};
     use serde_json::json;
@@ -331,28 +331,13 @@ mod tests {
     }
 
     fn request(e: &mut Engine, store: &FakeStore, xff: &str, method: &str) -> (Decision, Counted) {
-        let headers = vec![("x-forwarded-for", xff), ("x-user", "u1")];
         let mut m = Counted(Vec::new());
-        let d = e.on_request_headers(
-            &RequestHead {
-                method,
-                path: "/login",
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer {
-                    address: Some("127.0.0.1:4000"),
-                    uri_san: None,
-                    subject: None,
-                },
-                end_of_stream: true,
-            },
-            &Host {
-                clock: &FakeClock::at_secs(1_700_000_000),
-                crypto: &NoHostCrypto,
-                store,
-            },
-            &mut m,
-        );
+        let d = TestRequest::new(method, "/login")
+            .headers(&[("x-forwarded-for", xff), ("x-user", "u1")])
+            .peer_addr("127.0.0.1:4000")
+            .at_secs(1_700_000_000)
+            .store(store)
+            .send(e, &mut m);
         (d, m)
     }
 

@@ -134,9 +134,9 @@ fn locked_out(limit: &Limit) -> Denial {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::{Decision, Engine, Host, KnownPeer, Metrics, RequestHead, Verdict};
+    use crate::engine::test_request::TestRequest;
+    use crate::engine::{Decision, Engine, Metrics, Verdict};
     use crate::host::fake::{FakeClock, FakeStore};
-    use crate::host::NoHostCrypto;
     use crate::policy::Policy;
     use serde_json::json;
     use std::rc::Rc;
@@ -170,27 +170,14 @@ mod tests {
         ip: &str,
         key: Option<&str>,
     ) -> Decision {
-        let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
-        e.on_request_headers(
-            &RequestHead {
-                method: "GET",
-                path: "/x",
-                headers: &headers,
-                request_id: None,
-                peer: &KnownPeer {
-                    address: Some(ip),
-                    uri_san: None,
-                    subject: None,
-                },
-                end_of_stream: true,
-            },
-            &Host {
-                clock,
-                crypto: &NoHostCrypto,
-                store,
-            },
-            &mut NoMetrics,
-        )
+        let mut req = TestRequest::get("/x")
+            .peer_addr(ip)
+            .clock(clock)
+            .store(store);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send(e, &mut NoMetrics)
     }
 
     fn reason(d: &Decision) -> &'static str {

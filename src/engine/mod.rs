@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 use crate::authz::{self, claim_at, granted_scopes};
 use crate::credentials::{self, Found};
 use crate::host::{Clock, SharedStore, SignatureHost};
+// The host traits lived here first: kept reachable under their old paths.
+pub use crate::host::{KnownPeer, Metrics, Peer};
 use crate::hygiene;
 use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
 use crate::policy::{
@@ -51,37 +53,6 @@ impl RequestHead<'_> {
         let xff = self.joined_header("x-forwarded-for");
         let peer = self.peer.address().unwrap_or_default();
         crate::ratelimit::key::client_ip(xff.as_deref(), trusted_hops, &peer)
-    }
-}
-
-/// What the host knows about the downstream connection. Each lookup is a host call, so the
-/// engine asks only when a route needs it (client-certificate principals, `client_ip` keys).
-pub trait Peer {
-    /// The connection's remote address (`ip:port`).
-    fn address(&self) -> Option<String>;
-    /// First URI SAN of the client certificate Envoy verified (mTLS).
-    fn uri_san(&self) -> Option<String>;
-    /// Subject of the client certificate Envoy verified.
-    fn subject(&self) -> Option<String>;
-}
-
-/// A peer whose facts are known up front (tests, benchmarks, fuzzing).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KnownPeer<'a> {
-    pub address: Option<&'a str>,
-    pub uri_san: Option<&'a str>,
-    pub subject: Option<&'a str>,
-}
-
-impl Peer for KnownPeer<'_> {
-    fn address(&self) -> Option<String> {
-        self.address.map(str::to_string)
-    }
-    fn uri_san(&self) -> Option<String> {
-        self.uri_san.map(str::to_string)
-    }
-    fn subject(&self) -> Option<String> {
-        self.subject.map(str::to_string)
     }
 }
 
@@ -132,11 +103,6 @@ pub struct Host<'a> {
     pub clock: &'a dyn Clock,
     pub crypto: &'a dyn SignatureHost,
     pub store: &'a dyn SharedStore,
-}
-
-/// Counters the glue maps to Envoy stats.
-pub trait Metrics {
-    fn incr(&mut self, name: &str);
 }
 
 /// A worker's current keys for one provider. `generation` changes whenever keys change,
@@ -1122,3 +1088,6 @@ mod security_review_tests;
 
 #[cfg(test)]
 mod hostcall_tests;
+
+#[cfg(test)]
+pub(crate) mod test_request;
