@@ -1,5 +1,6 @@
 //! Finding a bearer credential in a request, and removing it before the upstream.
 
+use crate::percent::decode_lenient;
 use crate::policy::TokenSource;
 
 /// What one token source found.
@@ -84,34 +85,15 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 }
 
 /// `k=v` pairs of a query string, percent-decoded (`+` is left alone: JWTs never hold it).
+/// A malformed escape stays as written (`crate::percent`), so `t%zz` is never `t`.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
+        (
+            decode_lenient(k).into_owned(),
+            decode_lenient(v).into_owned(),
+        )
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            // Two hex digits exactly: `from_str_radix` alone would take `%+1` as 0x01.
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn cookies<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
@@ -126,7 +108,7 @@ fn cookies<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a s
 /// The `:path` without the query parameters `params`; `None` when none of them is there.
 pub fn path_without_query_params(path: &str, query: &str, params: &[&str]) -> Option<String> {
     let is_listed = |p: &&str| {
-        let name = percent_decode(p.split_once('=').map_or(p, |(k, _)| k));
+        let name = decode_lenient(p.split_once('=').map_or(p, |(k, _)| k));
         params.iter().any(|x| *x == name)
     };
     let pairs = || query.split('&').filter(|p| !p.is_empty());
@@ -287,8 +269,14 @@ mod tests {
 
     #[test]
     fn percent_decoding_never_panics() {
-        assert_eq!(percent_decode("%41%4"), "A%4");
-        assert_eq!(percent_decode("%zz%"), "%zz%");
-        assert_eq!(percent_decode("%e2%82%ac"), "€");
+        let pairs: Vec<_> = query_pairs("%41%4=%zz%&t=%e2%82%ac&%=%1").collect();
+        assert_eq!(
+            pairs,
+            [
+                ("A%4".into(), "%zz%".into()),
+                ("t".into(), "€".into()),
+                ("%".into(), "%1".into())
+            ]
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod jwt;
 /// OpenAPI import for the CLI: native only, never in the Wasm module.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod openapi;
+pub mod percent;
 pub mod policy;
 pub mod problem;
 pub mod routes;

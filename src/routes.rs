@@ -190,40 +190,12 @@ pub fn unsafe_path_reason(path: &str) -> Option<&'static str> {
 /// Whether the path, percent-decoded, is valid UTF-8 (which rules out overlong forms);
 /// `None` if a `%` is not followed by two hex digits.
 fn percent_decoded_is_utf8(path: &str) -> Option<bool> {
-    if !path.contains('%') {
-        return Some(true);
-    }
-    let mut bytes = Vec::with_capacity(path.len());
-    let mut rest = path.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let hex = tail
-                .get(..2)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
-            // Two ASCII hex digits: both conversions succeed.
-            let hex = std::str::from_utf8(hex).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = tail.get(2..)?;
-        } else {
-            bytes.push(b);
-            rest = tail;
-        }
-    }
-    Some(std::str::from_utf8(&bytes).is_ok())
+    crate::percent::decode_bytes(path).map(|bytes| std::str::from_utf8(&bytes).is_ok())
 }
 
 /// `%XX` that decodes to an RFC 3986 unreserved character (letters, digits, `-._~`).
 fn encodes_unreserved(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| match w {
-        [b'%', h, l] => {
-            let hex = [*h, *l];
-            std::str::from_utf8(&hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .is_some_and(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c))
-        }
-        _ => false,
-    })
+    crate::percent::escaped_bytes(path).any(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c))
 }
 
 /// Splits `:path` into the path and the query string (without `?`).

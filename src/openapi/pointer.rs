@@ -16,7 +16,7 @@ pub fn escape(token: &str) -> String {
 /// missing targets.
 pub fn lookup<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
     let fragment = reference.strip_prefix('#')?;
-    let pointer = percent_decode(fragment)?;
+    let pointer = crate::percent::decode_utf8(fragment)?;
     doc.pointer(&pointer)
 }
 
@@ -43,24 +43,6 @@ pub fn deref<'a>(doc: &'a Value, value: &'a Value) -> Result<(&'a Value, Option<
         last = Some(reference);
     }
     Ok((current, last))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return Some(s.to_string());
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = char::from(bytes.next()?).to_digit(16)?;
-            let lo = char::from(bytes.next()?).to_digit(16)?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -774,15 +774,7 @@ fn compile_api_keys(rs: RawApiKeySet, path: &str, errors: &mut Errors) -> Option
 }
 
 fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::percent::decode_hex(hex.trim())
 }
 
 fn check_name(name: &str, path: &str, errors: &mut Errors) {

@@ -12,8 +12,9 @@ use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
 use super::raw::{RawParam, RawParamType};
-use super::text::{clip, is_token, percent_decode, pointer_token, MAX_ECHO_CHARS};
+use super::text::{clip, is_token, pointer_token, MAX_ECHO_CHARS};
 use super::{ConfigErrors, Errors};
+use crate::percent;
 
 /// Compiled size cap for one parameter pattern: config errors instead of memory blow-ups.
 const PATTERN_SIZE_LIMIT: usize = 1 << 20;
@@ -498,14 +499,14 @@ pub(crate) fn check_headers(rules: &[ParamRule], headers: &[(&str, &str)], error
 pub(crate) fn check_path(rules: &[ParamRule], params: &[(String, String)], errors: &mut Errors) {
     for rule in rules {
         let raw = params.iter().find(|(n, _)| *n == rule.name);
-        match raw.map(|(_, v)| percent_decode(v, false)) {
+        match raw.map(|(_, v)| percent::decode_utf8(v)) {
             None => rule.check_all(&[], errors),
             Some(None) => errors.push(
                 rule.pointer.clone(),
                 "encoding",
                 "is not valid percent-encoded UTF-8".into(),
             ),
-            Some(Some(v)) => rule.check_all(&[v.as_str()], errors),
+            Some(Some(v)) => rule.check_all(&[v.as_ref()], errors),
         }
     }
 }
@@ -554,7 +555,7 @@ pub(crate) fn check_query(rules: &[ParamRule], unknown: Unknown, query: &str, er
     let mut malformed = false;
     for piece in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
-        match (percent_decode(k, true), percent_decode(v, true)) {
+        match (percent::decode_form(k), percent::decode_form(v)) {
             (Some(k), Some(v)) => pairs.push((k, v)),
             _ => malformed = true,
         }

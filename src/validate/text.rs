@@ -16,37 +16,6 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     out
 }
 
-/// Percent-decodes `s` (and `+` as space for query strings); `None` for a malformed escape
-/// or a result that is not UTF-8.
-pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
-    if !(s.contains('%') || plus_is_space && s.contains('+')) {
-        return Some(s.to_string());
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hi = hex(bytes.next()?)?;
-                let lo = hex(bytes.next()?)?;
-                out.push(hi << 4 | lo);
-            }
-            b'+' if plus_is_space => out.push(b' '),
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// RFC 9110 `token` (header names, media type parts).
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
