@@ -1,6 +1,6 @@
 //! What the pure core needs from its host (Envoy through proxy-wasm, or a test double).
 //!
-//! Only `glue` implements these traits against `proxy_wasm`; every other module takes
+//! Only `glue` implements these traits against the proxy-wasm SDK; every other module takes
 //! them as parameters, so the whole decision pipeline runs under `cargo test`.
 
 /// Wall-clock time as the host sees it. Proxy-wasm code must not use `std::time`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::hostcalls;
 use proxy_wasm::types::{Action, BufferType};
 
-use super::{log_denial, send_denial, Request};
+use super::http::{log_denial, send_denial, Request};
 use crate::engine::Metrics;
 use crate::problem::Denial;
 use crate::ratelimit::global::{self, GlobalCall, Reply, Verdict};
