@@ -297,14 +297,19 @@ impl<'a> Context<'a> {
             let raw = serde_json::from_value::<crate::validate::RawValidate>(Value::Object(
                 validate.clone(),
             ))
-            .map_err(|e| vec![(String::new(), e.to_string())]);
+            .map_err(|e| {
+                let mut errors = crate::validate::ConfigErrors::new();
+                errors.push("", e.to_string());
+                errors
+            });
             let errors = match raw
                 .and_then(|r| crate::validate::RouteValidation::compile(r, "validate", &names))
             {
                 Ok(_) => return validate,
                 Err(errors) => errors,
             };
-            for (at, m) in errors {
+            for e in &errors {
+                let (at, m) = (&e.path, &e.message);
                 self.note(op, "", format!("the filter refuses {at}: {m}"));
             }
             let body_schema = validate

@@ -170,3 +170,50 @@ fn method_override_takes_refuse_or_honor() {
         "{errs:?}"
     );
 }
+
+/// Validation and the rest of the policy share one error type: a policy with mistakes in
+/// both reports them all at once, each with its JSON path, in policy order.
+#[test]
+fn validation_and_policy_errors_are_reported_together() {
+    let errs = errors(json!({
+        "realm": "a\"b",
+        "request_limits": {"max_headers": 0},
+        "routes": [{"name": "r", "match": {"path": "/items/{id}"}, "public": true,
+            "validate": {"query": {"n": {"type": "integer", "pattern": "x"}},
+                "body": {"max_bytes": 0, "schema": {"type": 3}}}}]
+    }));
+    assert_eq!(
+        errs.iter()
+            .map(|e| e.split(": ").next().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        [
+            "realm",
+            "request_limits.max_headers",
+            "routes[0].validate.query.n.pattern",
+            "routes[0].validate.body.max_bytes",
+            "routes[0].validate.body.schema.type",
+        ],
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn api_key_digests_are_exactly_64_hex_digits() {
+    let policy = |digest: &str| {
+        json!({"api_keys": [{"name": "k", "keys": [{"sha256": digest, "client_id": "c"}]}]})
+    };
+    let good = "ab".repeat(32);
+    assert!(errors(policy(&good)).is_empty());
+    assert!(errors(policy(&format!(" {} ", good.to_uppercase()))).is_empty());
+    for bad in [
+        "ab".repeat(31),
+        format!("+{}", &good[1..]),
+        format!("{}zz", &good[2..]),
+        "é".repeat(32),
+    ] {
+        assert!(
+            has(&errors(policy(&bad)), "api_keys[0].keys[0].sha256"),
+            "{bad}"
+        );
+    }
+}

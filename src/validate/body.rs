@@ -41,6 +41,53 @@ struct Schema {
     index: boon::SchemaIndex,
 }
 
+/// `content_types`: JSON media types when the body is parsed and none are listed, else any.
+fn compile_media_types(
+    content_types: Option<Vec<String>>,
+    json: bool,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> MediaTypes {
+    let Some(list) = content_types else {
+        return if json {
+            MediaTypes::Json
+        } else {
+            MediaTypes::Any
+        };
+    };
+    if list.is_empty() {
+        errors.push(
+            format!("{path}.content_types"),
+            "must list at least one media type",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let m = item.trim().to_ascii_lowercase();
+        if is_media_type(&m) {
+            out.push(m);
+        } else {
+            errors.push(
+                format!("{path}.content_types[{i}]"),
+                "must be a media type like application/json, without parameters",
+            );
+        }
+    }
+    MediaTypes::List(out)
+}
+
+/// `value` when it is between 1 and `max`, else an error at `path`.
+fn in_range<T>(value: T, max: T, path: &str, errors: &mut ConfigErrors) -> Option<T>
+where
+    T: PartialOrd + From<u8> + fmt::Display,
+{
+    if value < T::from(1) || value > max {
+        errors.push(path, format!("must be between 1 and {max}"));
+        return None;
+    }
+    Some(value)
+}
+
 impl BodyRule {
     pub(crate) fn compile(
         raw: RawBody,
@@ -51,72 +98,28 @@ impl BodyRule {
         let before = errors.len();
         let has_schema = raw.schema.is_some();
         let json = has_schema || raw.max_depth.is_some();
-        let media_types = match raw.content_types {
-            None if json => MediaTypes::Json,
-            None => MediaTypes::Any,
-            Some(list) => {
-                if list.is_empty() {
-                    errors.push((
-                        format!("{path}.content_types"),
-                        "must list at least one media type".into(),
-                    ));
-                }
-                let mut out = Vec::new();
-                for (i, item) in list.iter().enumerate() {
-                    let m = item.trim().to_ascii_lowercase();
-                    if is_media_type(&m) {
-                        out.push(m);
-                    } else {
-                        errors.push((
-                            format!("{path}.content_types[{i}]"),
-                            "must be a media type like application/json, without parameters".into(),
-                        ));
-                    }
-                }
-                MediaTypes::List(out)
-            }
-        };
+        let media_types = compile_media_types(raw.content_types, json, path, errors);
         let max_bytes = match raw.max_bytes {
-            Some(n) if n == 0 || n > MAX_MAX_BODY_BYTES => {
-                errors.push((
-                    format!("{path}.max_bytes"),
-                    format!("must be between 1 and {MAX_MAX_BODY_BYTES}"),
-                ));
-                None
-            }
-            Some(n) => Some(n),
             // A parsed body is buffered, so it always has a bound.
-            None if json => Some(DEFAULT_MAX_BODY_BYTES),
-            None => None,
+            None => json.then_some(DEFAULT_MAX_BODY_BYTES),
+            Some(n) => in_range(n, MAX_MAX_BODY_BYTES, &format!("{path}.max_bytes"), errors),
         };
         let json_depth = match raw.max_depth {
-            Some(d) if d == 0 || d > MAX_MAX_DEPTH => {
-                errors.push((
-                    format!("{path}.max_depth"),
-                    format!("must be between 1 and {MAX_MAX_DEPTH}"),
-                ));
-                None
-            }
-            Some(d) => Some(d),
             None => json.then_some(DEFAULT_MAX_DEPTH),
+            Some(d) => in_range(d, MAX_MAX_DEPTH, &format!("{path}.max_depth"), errors),
         };
         let schema = match raw.schema {
             None => None,
-            Some(doc) => match Schema::compile(doc, resources, raw.format_assertion) {
-                Ok(s) => Some(s),
-                Err(list) => {
-                    for (suffix, msg) in list {
-                        errors.push((format!("{path}.schema{suffix}"), msg));
-                    }
-                    None
-                }
-            },
+            Some(doc) => {
+                let here = format!("{path}.schema");
+                errors.take_ok(Schema::compile(doc, resources, raw.format_assertion, &here))
+            }
         };
         if raw.format_assertion && !has_schema {
-            errors.push((
+            errors.push(
                 format!("{path}.format_assertion"),
-                "needs a `schema` whose `format` keywords it enforces".into(),
-            ));
+                "needs a `schema` whose `format` keywords it enforces",
+            );
         }
         if errors.len() > before {
             return None;
@@ -428,18 +431,19 @@ impl boon::UrlLoader for NoFetch {
 }
 
 impl Schema {
-    /// Compiles once, against the draft's metaschema. Errors carry a JSON path suffix
-    /// (`.properties.name.maxLength`) relative to `schema`.
+    /// Compiles once, against the draft's metaschema. `path` is the schema's JSON path
+    /// (`routes[0].validate.body.schema`); errors point below it (`….properties.name.maxLength`).
     fn compile(
         doc: Value,
         resources: &[(String, Value)],
         assert_formats: bool,
+        path: &str,
     ) -> Result<Schema, ConfigErrors> {
         let mut compiler = boon::Compiler::new();
         compiler.set_default_draft(boon::Draft::V2020_12);
         if assert_formats {
             // A misspelt format would otherwise be ignored without a word.
-            let unknown = unknown_formats(&doc);
+            let unknown = unknown_formats(&doc, path);
             if !unknown.is_empty() {
                 return Err(unknown);
             }
@@ -450,14 +454,14 @@ impl Schema {
         for (url, doc) in resources {
             compiler
                 .add_resource(url, doc.clone())
-                .map_err(|e| compile_errors(&e))?;
+                .map_err(|e| compile_errors(&e, path))?;
         }
         compiler
             .add_resource(ROOT_URL, doc)
-            .map_err(|e| compile_errors(&e))?;
+            .map_err(|e| compile_errors(&e, path))?;
         let index = compiler
             .compile(ROOT_URL, &mut schemas)
-            .map_err(|e| compile_errors(&e))?;
+            .map_err(|e| compile_errors(&e, path))?;
         Ok(Schema { schemas, index })
     }
 }
@@ -486,9 +490,9 @@ const ASSERTED_FORMATS: [&str; 20] = [
     "uri-template",
 ];
 
-/// `format` keywords naming a format that cannot be asserted, with their JSON path suffix.
-/// Walks schema positions only: a property *named* `format` is not a keyword.
-fn unknown_formats(doc: &Value) -> ConfigErrors {
+/// `format` keywords naming a format that cannot be asserted, with their JSON paths below
+/// `path`. Walks schema positions only: a property *named* `format` is not a keyword.
+fn unknown_formats(doc: &Value, path: &str) -> ConfigErrors {
     fn walk(schema: &Value, at: &str, out: &mut ConfigErrors) {
         let Value::Object(map) = schema else {
             return;
@@ -497,10 +501,10 @@ fn unknown_formats(doc: &Value) -> ConfigErrors {
             let here = format!("{at}.{k}");
             match (k.as_str(), v) {
                 ("format", Value::String(f)) if !ASSERTED_FORMATS.contains(&f.as_str()) => out
-                    .push((
+                    .push(
                         here,
                         format!("format `{f}` cannot be asserted (format_assertion is on)"),
-                    )),
+                    ),
                 (
                     "properties" | "patternProperties" | "$defs" | "definitions"
                     | "dependentSchemas",
@@ -535,17 +539,21 @@ fn unknown_formats(doc: &Value) -> ConfigErrors {
         }
     }
     let mut out = ConfigErrors::new();
-    walk(doc, "", &mut out);
+    walk(doc, path, &mut out);
     out
 }
 
-fn compile_errors(e: &boon::CompileError) -> ConfigErrors {
+/// boon's compile error as config errors below the schema's JSON path `path`.
+fn compile_errors(e: &boon::CompileError, path: &str) -> ConfigErrors {
     use boon::CompileError as C;
+    let mut errors = ConfigErrors::new();
     match e {
-        C::ValidationError { src, .. } => flatten(src, 10)
-            .into_iter()
-            .map(|f| (f.path(), format!("invalid schema: {}", f.message)))
-            .collect(),
+        C::ValidationError { src, .. } => {
+            for f in flatten(src, 10) {
+                let message = format!("invalid schema: {}", f.message);
+                errors.push(format!("{path}{}", f.path()), message);
+            }
+        }
         C::InvalidRegex { url, regex, src } => {
             let msg = format!(
                 "invalid regex {}: {}",
@@ -555,13 +563,11 @@ fn compile_errors(e: &boon::CompileError) -> ConfigErrors {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            vec![(location_suffix(url), msg)]
+            errors.push(format!("{path}{}", location_suffix(url)), msg);
         }
-        other => vec![(
-            String::new(),
-            format!("{other:#}").replace(ROOT_URL, "schema"),
-        )],
+        other => errors.push(path, format!("{other:#}").replace(ROOT_URL, "schema")),
     }
+    errors
 }
 
 /// `.properties.name.pattern` for `ROOT_URL#/properties/name/pattern`, else `""`.

@@ -24,13 +24,10 @@ impl Limits {
             ("max_header_bytes", raw.max_header_bytes),
         ] {
             if value == Some(0) {
-                errors.push((format!("{path}.{field}"), "must be positive".into()));
+                errors.push(format!("{path}.{field}"), "must be positive");
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Limits {
+        errors.into_result(Limits {
             max_url_bytes: raw.max_url_bytes,
             max_headers: raw.max_headers,
             max_header_bytes: raw.max_header_bytes,

@@ -47,8 +47,9 @@ pub const DEFAULT_MAX_DEPTH: u32 = 32;
 /// and engine) where depth 127 did not, against Envoy's 1 MiB; serde_json stops at 128.
 pub const MAX_MAX_DEPTH: u32 = 64;
 
-/// A configuration mistake: JSON path (`routes[3].validate.query.limit.pattern`), message.
-pub type ConfigErrors = Vec<(String, String)>;
+/// Configuration mistakes, each with its JSON path (`routes[3].validate.query.limit.pattern`):
+/// the policy's own error type, so a policy reports validation mistakes with the rest.
+pub use crate::policy::{ConfigError, ConfigErrors};
 
 /// Why a request was refused. `reason` is the stable code the lead counts in stats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,12 +174,17 @@ impl Errors {
         }
     }
 
-    pub(crate) fn push(&mut self, pointer: String, rule: &str, message: String) {
+    pub(crate) fn push(
+        &mut self,
+        pointer: impl Into<String>,
+        rule: &str,
+        message: impl Into<String>,
+    ) {
         if !self.full() {
             self.list.push(ValidationError {
-                pointer,
+                pointer: pointer.into(),
                 rule: rule.to_string(),
-                message,
+                message: message.into(),
             });
         }
     }
@@ -222,10 +228,10 @@ impl RouteValidation {
             None => DEFAULT_MAX_ERRORS,
             Some(n) if (1..=MAX_MAX_ERRORS).contains(&n) => n,
             Some(_) => {
-                errors.push((
+                errors.push(
                     format!("{path}.max_errors"),
                     format!("must be between 1 and {MAX_MAX_ERRORS}"),
-                ));
+                );
                 DEFAULT_MAX_ERRORS
             }
         };
@@ -253,19 +259,15 @@ impl RouteValidation {
         let body = raw
             .body
             .and_then(|b| BodyRule::compile(b, &format!("{path}.body"), resources, &mut errors));
-        if errors.is_empty() {
-            Ok(RouteValidation {
-                headers,
-                query,
-                reject_unknown_query: raw.reject_unknown_query,
-                allow_query_name_variants: raw.allow_query_name_variants,
-                path: path_rules,
-                body,
-                max_errors,
-            })
-        } else {
-            Err(errors)
-        }
+        errors.into_result(RouteValidation {
+            headers,
+            query,
+            reject_unknown_query: raw.reject_unknown_query,
+            allow_query_name_variants: raw.allow_query_name_variants,
+            path: path_rules,
+            body,
+            max_errors,
+        })
     }
 
     /// Whether the route has a `body` rule at all (if not, `check_head` always says `Skip`).

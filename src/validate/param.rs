@@ -111,31 +111,31 @@ pub(crate) fn compile_section(
             Section::Header => {
                 let lower = name.to_ascii_lowercase();
                 if !is_token(&lower) {
-                    errors.push((here, "is not a valid header name".into()));
+                    errors.push(here, "is not a valid header name");
                     continue;
                 }
                 lower
             }
             Section::Query => {
                 if name.is_empty() {
-                    errors.push((here, "a query parameter name cannot be empty".into()));
+                    errors.push(here, "a query parameter name cannot be empty");
                     continue;
                 }
                 name
             }
             Section::Path => {
                 if !template_params.contains(&name) {
-                    errors.push((
+                    errors.push(
                         here,
                         format!("the route path has no template parameter {{{name}}}"),
-                    ));
+                    );
                     continue;
                 }
                 name
             }
         };
         if rules.iter().any(|r| r.name == name) {
-            errors.push((here, "is declared twice (header names ignore case)".into()));
+            errors.push(here, "is declared twice (header names ignore case)");
             continue;
         }
         if let Some(rule) = compile_param(section, name, param, &here, errors) {
@@ -148,7 +148,7 @@ pub(crate) fn compile_section(
 fn compile_param(
     section: Section,
     name: String,
-    raw: RawParam,
+    mut raw: RawParam,
     here: &str,
     errors: &mut ConfigErrors,
 ) -> Option<ParamRule> {
@@ -159,48 +159,11 @@ fn compile_param(
         } else {
             format!("{here}.{field}")
         };
-        errors.push((at, msg));
+        errors.push(at, msg);
     };
-    if section == Section::Path {
-        if raw.forbidden {
-            err("forbidden", "a path parameter is always present".into());
-        }
-        if raw.allow_repeated {
-            err("allow_repeated", "a path parameter appears once".into());
-        }
-    }
-    if raw.forbidden {
-        if raw.required {
-            err("forbidden", "cannot be both required and forbidden".into());
-        }
-        let constrained = raw.kind.is_some()
-            || raw.pattern.is_some()
-            || raw.min_length.is_some()
-            || raw.max_length.is_some()
-            || raw.minimum.is_some()
-            || raw.maximum.is_some()
-            || raw.allowed.is_some()
-            || raw.allow_repeated;
-        if constrained {
-            err(
-                "forbidden",
-                "a forbidden parameter takes no other rule".into(),
-            );
-        }
-    }
-    let kind = match (raw.kind, &raw.allowed) {
-        (Some(k), _) => match k {
-            RawParamType::String => Kind::String,
-            RawParamType::Integer => Kind::Integer,
-            RawParamType::Number => Kind::Number,
-            RawParamType::Boolean => Kind::Boolean,
-            RawParamType::Uuid => Kind::Uuid,
-            RawParamType::Enum => Kind::Enum,
-        },
-        (None, Some(_)) => Kind::Enum,
-        (None, None) => Kind::String,
-    };
-    let allowed = match raw.allowed {
+    check_presence(section, &raw, &mut err);
+    let kind = param_kind(&raw);
+    let allowed = match raw.allowed.take() {
         None => {
             if kind == Kind::Enum {
                 err("type", "type enum needs an `enum` list of values".into());
@@ -209,57 +172,12 @@ fn compile_param(
         }
         Some(list) => compile_allowed(kind, list, &mut err),
     };
-    let pattern = match raw.pattern {
-        None => None,
-        Some(p) => {
-            if !kind.is_text() {
-                err(
-                    "pattern",
-                    format!("applies to strings, not to type {}", kind.name()),
-                );
-            }
-            match RegexBuilder::new(&p).size_limit(PATTERN_SIZE_LIMIT).build() {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    err("pattern", one_line(&e.to_string()));
-                    None
-                }
-            }
-        }
-    };
-    if (raw.min_length.is_some() || raw.max_length.is_some()) && !kind.is_text() {
-        let field = if raw.min_length.is_some() {
-            "min_length"
-        } else {
-            "max_length"
-        };
-        err(
-            field,
-            format!("applies to strings, not to type {}", kind.name()),
-        );
-    }
-    if let (Some(lo), Some(hi)) = (raw.min_length, raw.max_length) {
-        if lo > hi {
-            err("min_length", "must not exceed max_length".into());
-        }
-    }
-    for (field, bound) in [("minimum", raw.minimum), ("maximum", raw.maximum)] {
-        if let Some(b) = bound {
-            if !kind.is_numeric() {
-                err(
-                    field,
-                    format!("applies to integer and number, not to type {}", kind.name()),
-                );
-            } else if !b.is_finite() {
-                err(field, "must be a finite number".into());
-            }
-        }
-    }
-    if let (Some(lo), Some(hi)) = (raw.minimum, raw.maximum) {
-        if lo > hi {
-            err("minimum", "must not exceed maximum".into());
-        }
-    }
+    let pattern = raw
+        .pattern
+        .as_deref()
+        .and_then(|p| compile_pattern(p, kind, &mut err));
+    check_lengths(&raw, kind, &mut err);
+    check_bounds(&raw, kind, &mut err);
     if errors.len() > before {
         return None;
     }
@@ -279,6 +197,109 @@ fn compile_param(
         maximum: raw.maximum,
         allowed,
     })
+}
+
+/// `forbidden` and `allow_repeated`: a path parameter is always there, once; a forbidden
+/// parameter takes no other rule.
+fn check_presence(section: Section, raw: &RawParam, err: &mut impl FnMut(&str, String)) {
+    if section == Section::Path {
+        if raw.forbidden {
+            err("forbidden", "a path parameter is always present".into());
+        }
+        if raw.allow_repeated {
+            err("allow_repeated", "a path parameter appears once".into());
+        }
+    }
+    if !raw.forbidden {
+        return;
+    }
+    if raw.required {
+        err("forbidden", "cannot be both required and forbidden".into());
+    }
+    let constrained = raw.kind.is_some()
+        || raw.pattern.is_some()
+        || raw.min_length.is_some()
+        || raw.max_length.is_some()
+        || raw.minimum.is_some()
+        || raw.maximum.is_some()
+        || raw.allowed.is_some()
+        || raw.allow_repeated;
+    if constrained {
+        err(
+            "forbidden",
+            "a forbidden parameter takes no other rule".into(),
+        );
+    }
+}
+
+/// `type`, or `enum` when only an `enum` list is given, else `string`.
+fn param_kind(raw: &RawParam) -> Kind {
+    match (raw.kind, &raw.allowed) {
+        (Some(RawParamType::String), _) => Kind::String,
+        (Some(RawParamType::Integer), _) => Kind::Integer,
+        (Some(RawParamType::Number), _) => Kind::Number,
+        (Some(RawParamType::Boolean), _) => Kind::Boolean,
+        (Some(RawParamType::Uuid), _) => Kind::Uuid,
+        (Some(RawParamType::Enum), _) | (None, Some(_)) => Kind::Enum,
+        (None, None) => Kind::String,
+    }
+}
+
+fn compile_pattern(p: &str, kind: Kind, err: &mut impl FnMut(&str, String)) -> Option<Regex> {
+    if !kind.is_text() {
+        err(
+            "pattern",
+            format!("applies to strings, not to type {}", kind.name()),
+        );
+    }
+    match RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build() {
+        Ok(re) => Some(re),
+        Err(e) => {
+            err("pattern", one_line(&e.to_string()));
+            None
+        }
+    }
+}
+
+/// `min_length` / `max_length`: strings only, in order.
+fn check_lengths(raw: &RawParam, kind: Kind, err: &mut impl FnMut(&str, String)) {
+    if (raw.min_length.is_some() || raw.max_length.is_some()) && !kind.is_text() {
+        let field = if raw.min_length.is_some() {
+            "min_length"
+        } else {
+            "max_length"
+        };
+        err(
+            field,
+            format!("applies to strings, not to type {}", kind.name()),
+        );
+    }
+    if let (Some(lo), Some(hi)) = (raw.min_length, raw.max_length) {
+        if lo > hi {
+            err("min_length", "must not exceed max_length".into());
+        }
+    }
+}
+
+/// `minimum` / `maximum`: numbers only, finite, in order.
+fn check_bounds(raw: &RawParam, kind: Kind, err: &mut impl FnMut(&str, String)) {
+    for (field, bound) in [("minimum", raw.minimum), ("maximum", raw.maximum)] {
+        if let Some(b) = bound {
+            if !kind.is_numeric() {
+                err(
+                    field,
+                    format!("applies to integer and number, not to type {}", kind.name()),
+                );
+            } else if !b.is_finite() {
+                err(field, "must be a finite number".into());
+            }
+        }
+    }
+    if let (Some(lo), Some(hi)) = (raw.minimum, raw.maximum) {
+        if lo > hi {
+            err("minimum", "must not exceed maximum".into());
+        }
+    }
 }
 
 fn compile_allowed(kind: Kind, list: Vec<Value>, err: &mut impl FnMut(&str, String)) -> Allowed {
@@ -419,20 +440,16 @@ impl ParamRule {
     fn check_all(&self, values: &[&str], errors: &mut Errors) {
         if values.is_empty() {
             if self.required {
-                errors.push(self.pointer.clone(), "required", "is required".into());
+                errors.push(self.pointer.clone(), "required", "is required");
             }
             return;
         }
         if self.forbidden {
-            errors.push(self.pointer.clone(), "forbidden", "is not allowed".into());
+            errors.push(self.pointer.clone(), "forbidden", "is not allowed");
             return;
         }
         if values.len() > 1 && !self.allow_repeated {
-            errors.push(
-                self.pointer.clone(),
-                "repeated",
-                "must appear at most once".into(),
-            );
+            errors.push(self.pointer.clone(), "repeated", "must appear at most once");
             return;
         }
         for v in values {
@@ -452,7 +469,7 @@ impl ParamRule {
             Allowed::Numbers(list) => list.iter().any(|a| cmp_num(t, *a) == Some(Ordering::Equal)),
         };
         if !listed {
-            let msg = "must be one of the allowed values".into();
+            let msg = "must be one of the allowed values";
             errors.push(self.pointer.clone(), "enum", msg);
         }
         if let Some(re) = &self.pattern {
@@ -504,7 +521,7 @@ pub(crate) fn check_path(rules: &[ParamRule], params: &[(String, String)], error
             Some(None) => errors.push(
                 rule.pointer.clone(),
                 "encoding",
-                "is not valid percent-encoded UTF-8".into(),
+                "is not valid percent-encoded UTF-8",
             ),
             Some(Some(v)) => rule.check_all(&[v.as_ref()], errors),
         }
@@ -541,7 +558,7 @@ fn check_variants(rule: &ParamRule, pairs: &[(String, String)], errors: &mut Err
         errors.push(
             rule.pointer.clone(),
             "nameVariant",
-            "is also sent under another spelling (letter case or a [] suffix)".into(),
+            "is also sent under another spelling (letter case or a [] suffix)",
         );
     }
 }
@@ -562,8 +579,8 @@ pub(crate) fn check_query(rules: &[ParamRule], unknown: Unknown, query: &str, er
     }
     if malformed {
         // Undecodable pairs cannot be matched to rules, so they are refused outright.
-        let msg = "holds a parameter that is not valid percent-encoded UTF-8".into();
-        errors.push("query".into(), "encoding", msg);
+        let msg = "holds a parameter that is not valid percent-encoded UTF-8";
+        errors.push("query", "encoding", msg);
     }
     for rule in rules {
         let values: Vec<&str> = pairs
@@ -585,11 +602,7 @@ pub(crate) fn check_query(rules: &[ParamRule], unknown: Unknown, query: &str, er
             if rules.iter().all(|r| r.name != *k) && !reported.contains(&k.as_str()) {
                 reported.push(k);
                 let pointer = format!("query/{}", pointer_token(&clip(k, MAX_ECHO_CHARS)));
-                errors.push(
-                    pointer,
-                    "unknown",
-                    "is not an accepted query parameter".into(),
-                );
+                errors.push(pointer, "unknown", "is not an accepted query parameter");
             }
         }
     }

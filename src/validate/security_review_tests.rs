@@ -91,11 +91,11 @@ fn format_assertion_refuses_formats_it_cannot_assert() {
     .unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(
-        errs[0].0,
+        errs[0].path,
         "routes[0].validate.body.schema.properties.mail.format"
     );
     let errs = compile(json!({"body": {"format_assertion": true}})).unwrap_err();
-    assert_eq!(errs[0].0, "routes[0].validate.body.format_assertion");
+    assert_eq!(errs[0].path, "routes[0].validate.body.format_assertion");
 }
 
 fn query(v: &RouteValidation, q: &str) -> Result<BodyPlan, Failure> {

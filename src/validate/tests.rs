@@ -13,7 +13,15 @@ fn compile(v: Value) -> RouteValidation {
 }
 
 fn config_errors(v: Value) -> Vec<(String, String)> {
-    RouteValidation::compile(raw(v), "routes[3].validate", &["id".to_string()]).unwrap_err()
+    pairs(RouteValidation::compile(raw(v), "routes[3].validate", &["id".to_string()]).unwrap_err())
+}
+
+fn pairs(errors: ConfigErrors) -> Vec<(String, String)> {
+    errors
+        .into_vec()
+        .into_iter()
+        .map(|e| (e.path, e.message))
+        .collect()
 }
 
 fn paths(errors: &[(String, String)]) -> Vec<&str> {
@@ -220,7 +228,7 @@ fn limits_compile_and_refuse_zero() {
     )
     .unwrap_err();
     assert_eq!(
-        paths(&errors),
+        paths(&pairs(errors)),
         ["limits.max_url_bytes", "limits.max_headers"]
     );
 }
