@@ -3,6 +3,7 @@
 //! Everything except `glue` is pure Rust that takes its host (clock, shared store,
 //! signature verification) through the traits in `host`, so it is tested with `cargo test`.
 
+pub mod authn;
 pub mod authz;
 pub mod cors;
 pub mod credentials;

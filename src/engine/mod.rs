@@ -1,30 +1,33 @@
-//! The per-request decision pipeline: path safety → route → authenticate → authorize.
+//! The per-request decision pipeline, in the order a request meets it:
+//! screen → route → authenticate → authorize → validate → limit (`decide`).
 //!
 //! One `Engine` lives in each worker VM. It owns the worker's view of the keys and the
-//! verified-token cache; everything it needs from Envoy comes in through `host` traits.
+//! verified-token cache (`authn::Keyring`); everything it needs from Envoy comes in
+//! through `host` traits. Each phase lives beside the data it reads: `route` (this
+//! folder), `crate::authn`, `crate::authz`, `crate::validate`, `crate::ratelimit::enforce`
+//! and `lockout`, `upstream` (this folder) for what an allowed request looks like upstream.
 
-use crate::ratelimit::lockout::{self, Count};
+mod route;
+mod upstream;
+
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-use crate::authz::{self, claim_at, granted_scopes};
-use crate::credentials::{self, Found};
+use crate::authn::{self, Authentication, Keyring, Principal};
+use crate::authz::{self, granted_scopes};
 use crate::host::{Clock, SharedStore, SignatureHost};
 // The host traits lived here first: kept reachable under their old paths.
+pub use crate::authn::{ProviderKeys, JWKS_RETRY_AFTER_SECS};
 pub use crate::host::{KnownPeer, Metrics, Peer};
 use crate::hygiene;
-use crate::jwt::{self, Jwks, JwtError, TokenCache, Verified};
-use crate::policy::{
-    Access, ApiKeySet, KeyPart, KeySource, Policy, PrincipalRef, Provider, Route, TokenSource,
-    Unmatched,
-};
+use crate::jwt::Jwks;
+use crate::policy::{Access, Policy, PrincipalRef, Route};
 use crate::problem::Denial;
-use crate::routes::{split_query, unsafe_path_reason};
+use crate::ratelimit::{enforce, lockout};
+use crate::routes::{split_query, RouteMatch};
 use crate::validate::{BodyPlan, Failure};
-
-/// Seconds a client is told to wait while a provider's keys are loading.
-pub const JWKS_RETRY_AFTER_SECS: u64 = 5;
+use route::Routed;
 
 /// The request as the filter sees it in the headers phase. Header names are lowercase.
 pub struct RequestHead<'a> {
@@ -105,46 +108,30 @@ pub struct Host<'a> {
     pub store: &'a dyn SharedStore,
 }
 
-/// A worker's current keys for one provider. `generation` changes whenever keys change,
-/// which also invalidates cached verifications made with the old keys.
-pub struct ProviderKeys {
-    pub jwks: Option<Rc<Jwks>>,
-    pub generation: u64,
+/// One request on its way through the phases: what every phase may read.
+pub struct RequestCtx<'a> {
+    pub policy: &'a Policy,
+    /// The request, its method the one the upstream will act on (`hygiene::effective_method`).
+    pub req: &'a RequestHead<'a>,
+    /// `req.path` before the `?`.
+    pub path: &'a str,
+    /// `req.path` after the `?` (empty without one).
+    pub query: &'a str,
+    pub host: &'a Host<'a>,
 }
+
+/// What one phase refuses with: the denial to send.
+type Refusal = Box<Denial>;
 
 pub struct Engine {
     policy: Rc<Policy>,
-    keys: Vec<ProviderKeys>,
-    cache: TokenCache,
-}
-
-enum AuthFailure {
-    Denied(Box<Denial>),
-    Unavailable,
+    keyring: Keyring,
 }
 
 impl Engine {
     pub fn new(policy: Rc<Policy>) -> Engine {
-        let keys = policy
-            .providers
-            .iter()
-            .map(|p| match &p.keys {
-                KeySource::Inline(jwks) => ProviderKeys {
-                    jwks: Some(jwks.clone()),
-                    generation: 0,
-                },
-                KeySource::Remote(_) => ProviderKeys {
-                    jwks: None,
-                    generation: 0,
-                },
-            })
-            .collect();
-        let cache = TokenCache::new(policy.token_cache_size);
-        Engine {
-            policy,
-            keys,
-            cache,
-        }
+        let keyring = Keyring::new(&policy);
+        Engine { policy, keyring }
     }
 
     pub fn policy(&self) -> &Rc<Policy> {
@@ -152,17 +139,12 @@ impl Engine {
     }
 
     pub fn keys_generation(&self, provider: usize) -> Option<u64> {
-        self.keys
-            .get(provider)
-            .and_then(|k| k.jwks.as_ref().map(|_| k.generation))
+        self.keyring.generation(provider)
     }
 
     /// Installs freshly fetched keys for a remote provider.
     pub fn set_keys(&mut self, provider: usize, jwks: Rc<Jwks>, generation: u64) {
-        if let Some(slot) = self.keys.get_mut(provider) {
-            slot.jwks = Some(jwks);
-            slot.generation = generation;
-        }
+        self.keyring.set(provider, jwks, generation);
     }
 
     fn validation_of(&self, check: &BodyCheck) -> Option<&crate::validate::RouteValidation> {
@@ -224,7 +206,7 @@ impl Engine {
         host: &Host,
         metrics: &mut dyn Metrics,
     ) -> Decision {
-        let decision = self.decide(req, host.clock, host.crypto, host.store, metrics);
+        let decision = self.decide(req, host, metrics);
         match &decision.verdict {
             // A request whose body or global limits are still to be checked is counted
             // when that is done.
@@ -235,16 +217,137 @@ impl Engine {
         decision
     }
 
-    fn decide(
+    fn decide(&mut self, req: &RequestHead, host: &Host, metrics: &mut dyn Metrics) -> Decision {
+        let mut decision = Decision::allowed();
+        decision.verdict = match self.phases(req, host, metrics, &mut decision) {
+            Ok(mutations) => Verdict::Allow(mutations),
+            Err(denial) => Verdict::Deny(*denial),
+        };
+        decision
+    }
+
+    /// screen → route → authenticate → authorize → validate → limit; the first refusal
+    /// ends the request. Phases return what they found; only this function writes it into
+    /// `record`, the facts the glue logs and acts on even for a denied request.
+    fn phases(
         &mut self,
         req: &RequestHead,
-        clock: &dyn Clock,
-        crypto: &dyn SignatureHost,
-        store: &dyn SharedStore,
+        host: &Host,
         metrics: &mut dyn Metrics,
-    ) -> Decision {
-        let policy = self.policy.clone();
-        let mut decision = Decision {
+        record: &mut Decision,
+    ) -> Result<Mutations, Refusal> {
+        let policy = Rc::clone(&self.policy);
+        let (path, query) = split_query(req.path);
+        let method = route::screen(&policy, req, path)?;
+        let req = &RequestHead {
+            method: &method,
+            ..*req
+        };
+        let ctx = RequestCtx {
+            policy: &policy,
+            req,
+            path,
+            query,
+            host,
+        };
+        // Headers apiguard writes are never taken from the client, in any spelling an
+        // upstream could read as theirs, on any route; nor are URL overrides.
+        let mut mutations = Mutations {
+            remove_headers: hygiene::smuggled_headers(req.headers, &policy.owned_headers),
+            ..Mutations::default()
+        };
+        let found = match route::route(&ctx, metrics)? {
+            Routed::Matched(found) => found,
+            Routed::Pass(route) => {
+                record.route = route;
+                return Ok(mutations);
+            }
+            Routed::Lookalike(route, denial) => {
+                record.route = Some(route);
+                return Err(denial);
+            }
+        };
+        record.route = Some(found.route.name.clone());
+        if let Some(principal) = self.routed(&ctx, &found, metrics, record)? {
+            upstream::for_principal(&ctx, &principal, &mut mutations);
+        }
+        Ok(mutations)
+    }
+
+    /// The phases of a routed request: authenticate → authorize → validate → limit. Answers
+    /// the authenticated principal (`None` on a public route).
+    fn routed(
+        &mut self,
+        ctx: &RequestCtx,
+        found: &RouteMatch<Route>,
+        metrics: &mut dyn Metrics,
+        record: &mut Decision,
+    ) -> Result<Option<Principal>, Refusal> {
+        let route = found.route;
+        let now = ctx.host.clock.now_secs();
+        let principal = match &route.access {
+            Access::Public => None,
+            Access::Principals(accepted) => {
+                let authn = self.authenticate(ctx, route, accepted, now, metrics);
+                record.refetch = authn.refetch;
+                Some(authn.result?)
+            }
+        };
+        let no_claims = Map::new();
+        let claims = principal
+            .as_ref()
+            .map_or(&no_claims, |p| p.claims(ctx.policy));
+        record.principal = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+
+        if let Some(principal) = &principal {
+            let outcome = authz::evaluate(&route.rules, claims, &found.params);
+            for _ in &outcome.audit_denied {
+                metrics.incr("apiguard.audit_denied");
+            }
+            record.audit_denied = outcome.audit_denied;
+            record.rule = outcome.denied_by;
+            authorize(ctx, route, principal, claims, record.rule.is_some())?;
+        }
+        record.body = validate_head(ctx, found)?;
+        record.response_headers = enforce::local_limits(ctx, route, claims, metrics)?;
+        record.global = enforce::global_calls(ctx, route, claims);
+        Ok(principal)
+    }
+
+    /// The route's lockouts, then its principal sources; a presented credential that is
+    /// refused charges the lockouts (`ratelimit::lockout`).
+    fn authenticate(
+        &mut self,
+        ctx: &RequestCtx,
+        route: &Route,
+        accepted: &[PrincipalRef],
+        now: u64,
+        metrics: &mut dyn Metrics,
+    ) -> Authentication {
+        let (policy, req, store) = (ctx.policy, ctx.req, ctx.host.store);
+        if let Some(d) = lockout::check(policy, route, req, store, ctx.host.clock.now_millis()) {
+            return Authentication {
+                result: Err(Box::new(d)),
+                refetch: Vec::new(),
+            };
+        }
+        let authn = authn::authenticate(&mut self.keyring, ctx, accepted, now, metrics);
+        if let Err(d) = &authn.result {
+            if lockout::is_auth_failure(d) {
+                lockout::record_failure(policy, route, req, store, ctx.host.clock.now_millis());
+            }
+        }
+        authn
+    }
+}
+
+impl Decision {
+    /// Allowed with no change, nothing recorded yet.
+    fn allowed() -> Decision {
+        Decision {
             verdict: Verdict::Allow(Mutations::default()),
             route: None,
             principal: None,
@@ -254,630 +357,71 @@ impl Engine {
             response_headers: Vec::new(),
             body: None,
             global: Vec::new(),
-        };
-        let deny = |mut d: Decision, denial: Denial| {
-            d.verdict = Verdict::Deny(denial);
-            d
-        };
-
-        let (path, query) = split_query(req.path);
-        if let Some(why) = unsafe_path_reason(path) {
-            return deny(decision, Denial::new(400, "ambiguous_path", why));
         }
-        if let Some(limits) = &policy.request_limits {
-            if let Err(f) = limits.check(req.path, req.headers) {
-                return deny(decision, validation_denial(&f));
-            }
-        }
-
-        if let Some(d) = lookalike_method(&policy, req.method) {
-            return deny(decision, d);
-        }
-
-        // The method the upstream will act on is the one routed, authorized and charged.
-        let method =
-            match hygiene::effective_method(req.method, req.headers, policy.method_override) {
-                Ok(m) => m,
-                Err(d) => return deny(decision, *d),
-            };
-        let req = &RequestHead {
-            method: &method,
-            ..*req
-        };
-
-        // Headers apiguard writes are never taken from the client, in any spelling an
-        // upstream could read as theirs, on any route; nor are URL overrides.
-        let mut mutations = Mutations {
-            remove_headers: hygiene::smuggled_headers(req.headers, &policy.owned_headers),
-            ..Mutations::default()
-        };
-
-        if let Some(route) = cors_preflight(&policy, req, path, query) {
-            metrics.incr("apiguard.cors_preflight");
-            decision.route = Some(route);
-            decision.verdict = Verdict::Allow(mutations);
-            return decision;
-        }
-
-        let Some(found) = policy.routes.lookup(req.method, path) else {
-            return match policy.unmatched {
-                Unmatched::Allow => match lookalike_path(&policy, req.method, path) {
-                    Some((route, d)) => {
-                        decision.route = Some(route);
-                        deny(decision, d)
-                    }
-                    None => {
-                        decision.verdict = Verdict::Allow(mutations);
-                        decision
-                    }
-                },
-                Unmatched::Deny => deny(
-                    decision,
-                    Denial::new(
-                        403,
-                        "no_route",
-                        "no route of the policy allows this request",
-                    ),
-                ),
-            };
-        };
-        let route = found.route;
-        decision.route = Some(route.name.clone());
-
-        let now = clock.now_secs();
-        if matches!(route.access, Access::Principals(_)) {
-            if let Some(d) = lockout::check(&policy, route, req, store, clock.now_millis()) {
-                return deny(decision, d);
-            }
-        }
-        let principal = match &route.access {
-            Access::Public => None,
-            Access::Principals(principals) => match self.authenticate(
-                &policy,
-                principals,
-                req,
-                query,
-                now,
-                crypto,
-                metrics,
-                &mut decision,
-            ) {
-                Ok(p) => Some(p),
-                Err(AuthFailure::Denied(d)) => {
-                    if lockout::is_auth_failure(&d) {
-                        lockout::record_failure(&policy, route, req, store, clock.now_millis());
-                    }
-                    return deny(decision, *d);
-                }
-                Err(AuthFailure::Unavailable) => {
-                    let mut d = Denial::new(
-                        503,
-                        "jwks_unavailable",
-                        "the signing keys of the token issuer are not loaded yet",
-                    );
-                    d.retry_after_secs = Some(JWKS_RETRY_AFTER_SECS);
-                    return deny(decision, d);
-                }
-            },
-        };
-        let no_claims = Map::new();
-        let claims = principal.as_ref().map_or(&no_claims, |p| p.claims(&policy));
-        decision.principal = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-
-        if let Some(principal) = &principal {
-            let outcome = authz::evaluate(&route.rules, claims, &found.params);
-            for rule in &outcome.audit_denied {
-                metrics.incr("apiguard.audit_denied");
-                decision.audit_denied.push(rule.clone());
-            }
-            if let Some(rule) = outcome.denied_by {
-                decision.rule = Some(rule);
-                return deny(
-                    decision,
-                    Denial::new(
-                        403,
-                        "rule_denied",
-                        "a rule of the route denies this request",
-                    ),
-                );
-            }
-            if !route.scopes.is_empty() {
-                let granted = granted_scopes(claims, principal.scope_claims(&policy));
-                if let Err(needed) = route.scopes.check(&granted) {
-                    return deny(decision, Denial::insufficient_scope(&policy.realm, &needed));
-                }
-            }
-        }
-
-        if let Some(validation) = &route.validation {
-            let content_type = joined_header(req.headers, "content-type");
-            let content_length = if req.end_of_stream {
-                Some(0)
-            } else {
-                joined_header(req.headers, "content-length")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            match validation.check_head(
-                req.headers,
-                query,
-                &found.params,
-                content_type.as_deref(),
-                content_length,
-            ) {
-                Err(f) => return deny(decision, validation_denial(&f)),
-                Ok(BodyPlan::Skip) => {}
-                Ok(plan) => {
-                    decision.body = Some(BodyCheck {
-                        route: found.index,
-                        plan,
-                    })
-                }
-            }
-        }
-
-        if let Err(d) = apply_limits(
-            &policy,
-            route,
-            req,
-            claims,
-            clock.now_millis(),
-            store,
-            metrics,
-            &mut decision,
-        ) {
-            return deny(decision, *d);
-        }
-        decision.global = global_calls(&policy, route, req, claims);
-
-        let Some(principal) = principal else {
-            decision.verdict = Verdict::Allow(mutations);
-            return decision;
-        };
-        if let Principal::Jwt {
-            provider, verified, ..
-        } = &principal
-        {
-            if let Some(provider) = policy.providers.get(*provider) {
-                add_upstream_headers(provider, verified, &mut mutations);
-            }
-        }
-        strip_credentials(
-            &policy,
-            principal.forwarded_source(&policy),
-            req,
-            (path, query),
-            &mut mutations,
-        );
-        decision.verdict = Verdict::Allow(mutations);
-        decision
-    }
-
-    /// Tries every principal source the route accepts, in policy order; the first valid
-    /// credential wins. Failures are reported for the most specific source that saw one.
-    #[allow(clippy::too_many_arguments)]
-    fn authenticate(
-        &mut self,
-        policy: &Policy,
-        principals: &[PrincipalRef],
-        req: &RequestHead,
-        query: &str,
-        now: u64,
-        crypto: &dyn SignatureHost,
-        metrics: &mut dyn Metrics,
-        decision: &mut Decision,
-    ) -> Result<Principal, AuthFailure> {
-        let mut unavailable = false;
-        let mut failure: Option<Denial> = None;
-        let jwt_count = principals
-            .iter()
-            .filter(|p| matches!(p, PrincipalRef::Jwt(_)))
-            .count();
-        let ambiguous = || {
-            AuthFailure::Denied(Box::new(Denial::invalid_request(
-                &policy.realm,
-                "more than one credential in the request",
-            )))
-        };
-        for principal in principals {
-            match *principal {
-                PrincipalRef::Jwt(id) => {
-                    let Some(provider) = policy.providers.get(id) else {
-                        continue;
-                    };
-                    for (si, source) in provider.sources.iter().enumerate() {
-                        let token = match credentials::extract(source, req.headers, query) {
-                            Found::None => continue,
-                            Found::Ambiguous => return Err(ambiguous()),
-                            Found::Token(t) => t,
-                        };
-                        // Several providers may share a header: skip, without paying for a
-                        // signature check, tokens another issuer minted.
-                        if jwt_count > 1 {
-                            if let Some(iss) = jwt::peek_issuer(&token) {
-                                if iss != provider.rules.issuer {
-                                    failure.get_or_insert_with(|| {
-                                        jwt_denial(policy, &JwtError::WrongIssuer)
-                                    });
-                                    continue;
-                                }
-                            }
-                        }
-                        let Some(keys) = self.keys.get(id) else {
-                            continue;
-                        };
-                        let Some(jwks) = keys.jwks.clone() else {
-                            unavailable = true;
-                            continue;
-                        };
-                        let generation = keys.generation;
-                        if let Some(hit) =
-                            self.cache.get(id, generation, &token, &provider.rules, now)
-                        {
-                            metrics.incr("apiguard.jwt.cache_hit");
-                            return Ok(Principal::Jwt {
-                                provider: id,
-                                verified: hit,
-                                source: si,
-                            });
-                        }
-                        metrics.incr("apiguard.jwt.cache_miss");
-                        match jwt::verify(&token, &jwks, &provider.rules, now, crypto) {
-                            Ok(v) => {
-                                let v = Rc::new(v);
-                                self.cache.insert(id, generation, &token, v.clone());
-                                return Ok(Principal::Jwt {
-                                    provider: id,
-                                    verified: v,
-                                    source: si,
-                                });
-                            }
-                            Err(e) => {
-                                if e == JwtError::UnknownKid
-                                    && matches!(provider.keys, KeySource::Remote(_))
-                                {
-                                    decision.refetch.push(id);
-                                }
-                                failure.get_or_insert_with(|| jwt_denial(policy, &e));
-                            }
-                        }
-                    }
-                }
-                PrincipalRef::ApiKey(id) => {
-                    let Some(set) = policy.api_key_sets.get(id) else {
-                        continue;
-                    };
-                    for (si, source) in set.sources.iter().enumerate() {
-                        let presented = match credentials::extract(source, req.headers, query) {
-                            Found::None => continue,
-                            Found::Ambiguous => return Err(ambiguous()),
-                            Found::Token(t) => t,
-                        };
-                        match find_api_key(set, &presented) {
-                            Some(key) => {
-                                return Ok(Principal::ApiKey {
-                                    set: id,
-                                    key,
-                                    source: si,
-                                })
-                            }
-                            None => {
-                                failure.get_or_insert_with(|| {
-                                    let mut d = Denial::new(
-                                        401,
-                                        "invalid_api_key",
-                                        "the API key is not valid",
-                                    );
-                                    d.www_authenticate =
-                                        Some(format!("APIKey realm=\"{}\"", policy.realm));
-                                    d
-                                });
-                            }
-                        }
-                    }
-                }
-                PrincipalRef::ClientCert(id) => {
-                    let Some(set) = policy.cert_sets.get(id) else {
-                        continue;
-                    };
-                    let (uri_san, subject) = (req.peer.uri_san(), req.peer.subject());
-                    if uri_san.is_none() && subject.is_none() {
-                        continue;
-                    }
-                    if set.admits(uri_san.as_deref(), subject.as_deref()) {
-                        return Ok(Principal::ClientCert {
-                            claims: cert_claims(uri_san.as_deref(), subject.as_deref()),
-                        });
-                    }
-                    // TLS client authentication has no HTTP challenge: a certificate
-                    // Envoy accepted but the route does not is a 403, not a 401.
-                    failure.get_or_insert_with(|| {
-                        Denial::new(
-                            403,
-                            "identity_not_allowed",
-                            "the client certificate identity is not allowed here",
-                        )
-                    });
-                }
-            }
-        }
-        if let Some(d) = failure {
-            return Err(AuthFailure::Denied(Box::new(d)));
-        }
-        if unavailable {
-            return Err(AuthFailure::Unavailable);
-        }
-        let only_certs = principals
-            .iter()
-            .all(|p| matches!(p, PrincipalRef::ClientCert(_)));
-        if only_certs {
-            return Err(AuthFailure::Denied(Box::new(Denial::new(
-                403,
-                "client_certificate_required",
-                "this route requires a client certificate",
-            ))));
-        }
-        let mut d = Denial::missing_credentials(&policy.realm);
-        if jwt_count == 0 {
-            d.www_authenticate = Some(format!("APIKey realm=\"{}\"", policy.realm));
-            d.detail = "an API key is required".into();
-        }
-        Err(AuthFailure::Denied(Box::new(d)))
     }
 }
 
-/// Takes one token (or the route's cost) from every limit of the route; the first limit
-/// that refuses decides the 429. Allowed requests report the tightest limit.
-#[allow(clippy::too_many_arguments)]
-fn apply_limits(
-    policy: &Policy,
+/// An authenticated principal against the route: its enforced rules (`rule_denied`, when
+/// `authz::evaluate` named one) and its scopes.
+fn authorize(
+    ctx: &RequestCtx,
     route: &Route,
-    req: &RequestHead,
+    principal: &Principal,
     claims: &Map<String, Value>,
-    now_ms: u64,
-    store: &dyn SharedStore,
-    metrics: &mut dyn Metrics,
-    decision: &mut Decision,
-) -> Result<(), Box<Denial>> {
-    use crate::ratelimit::{acquire, headers, key, Acquire};
-    let mut tightest: Option<(u64, String, &str)> = None;
-    let grpc_method = crate::grpc::call_method(req.path, req.headers);
-    for &li in &route.limits {
-        let Some(limit) = policy
-            .limits
-            .get(li)
-            .filter(|l| l.global.is_none() && l.count == Count::Requests)
-        else {
-            continue;
-        };
-        let name = &limit.spec.name;
-        let parts: Vec<String> = limit
-            .key
-            .iter()
-            .map(|part| match part {
-                KeyPart::ClientIp { trusted_hops } => {
-                    let peer = req.peer.address().unwrap_or_default();
-                    if key::peer_is_from_header(&peer) {
-                        // Envoy lacks `use_remote_address: true`: such clients share a bucket.
-                        metrics.incr("apiguard.client_ip.peer_from_header");
-                    }
-                    format!("ip={}", req.client_ip(*trusted_hops))
-                }
-                KeyPart::Claim(path) => format!(
-                    "claim={}",
-                    claim_at(claims, path)
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                        .unwrap_or_default()
-                ),
-                KeyPart::Header(h) => format!(
-                    "header={}",
-                    joined_header(req.headers, h).unwrap_or_default()
-                ),
-                KeyPart::Route => format!("route={}", route.name),
-                KeyPart::Constant(c) => format!("const={c}"),
-            })
-            .collect();
-        let bucket_key = key::compose(parts.iter());
-        let result = acquire(
-            store,
-            &limit.spec,
-            &bucket_key,
-            limit.call_cost(req.method, grpc_method),
-            now_ms,
-        );
-        for _ in 0..result.cas_retries() {
-            metrics.incr("apiguard.ratelimit.cas_retry");
-        }
-        match result {
-            Acquire::Allowed {
-                remaining,
-                reset_ms,
-                shared_slot,
-                ..
-            } => {
-                metrics.incr(&limit.counters.allowed);
-                if shared_slot {
-                    metrics.incr(&limit.counters.shared_slot);
-                }
-                // Formatted only when it will be sent: this runs on every allowed request.
-                if policy.ratelimit_headers_on_allow
-                    && tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r)
-                {
-                    let reset = headers::ratelimit_header(
-                        name,
-                        remaining,
-                        headers::ms_to_secs_ceil(reset_ms),
-                    );
-                    tightest = Some((remaining, reset, &limit.policy_header));
-                }
-            }
-            Acquire::Limited {
-                remaining,
-                retry_after_ms,
-                reset_ms,
-                shared_slot,
-                ..
-            } => {
-                metrics.incr(&limit.counters.limited);
-                if shared_slot {
-                    metrics.incr(&limit.counters.shared_slot);
-                }
-                let mut d =
-                    Denial::new(429, "rate_limited", format!("rate limit `{name}` exceeded"));
-                // A cost that can never be met still gets a finite hint: the full window.
-                let wait = retry_after_ms.unwrap_or(reset_ms.min(86_400_000));
-                d.retry_after_secs = Some(headers::retry_after_secs(wait));
-                d.headers
-                    .push((headers::POLICY_HEADER.into(), limit.policy_header.clone()));
-                d.headers.push((
-                    headers::RATELIMIT_HEADER.into(),
-                    headers::ratelimit_header(
-                        name,
-                        remaining,
-                        headers::ms_to_secs_ceil(reset_ms.min(86_400_000)),
-                    ),
-                ));
-                d.extensions.push(("limit", Value::String(name.clone())));
-                return Err(Box::new(d));
-            }
-            Acquire::StoreFailed { allowed, .. } | Acquire::TableFull { allowed, .. } => {
-                metrics.incr(if matches!(result, Acquire::StoreFailed { .. }) {
-                    &limit.counters.store_failure
-                } else {
-                    &limit.counters.table_full
-                });
-                if !allowed {
-                    let mut d = Denial::new(
-                        429,
-                        "rate_limited",
-                        format!("rate limit `{name}` could not admit the request"),
-                    );
-                    d.retry_after_secs = Some(1);
-                    d.extensions.push(("limit", Value::String(name.clone())));
-                    return Err(Box::new(d));
-                }
-            }
-        }
+    rule_denied: bool,
+) -> Result<(), Refusal> {
+    if rule_denied {
+        return Err(Box::new(Denial::new(
+            403,
+            "rule_denied",
+            "a rule of the route denies this request",
+        )));
     }
-    if policy.ratelimit_headers_on_allow {
-        if let Some((_, ratelimit, policy_header)) = tightest {
-            decision
-                .response_headers
-                .push((headers::POLICY_HEADER.into(), policy_header.to_string()));
-            decision
-                .response_headers
-                .push((headers::RATELIMIT_HEADER.into(), ratelimit));
+    if !route.scopes.is_empty() {
+        let granted = granted_scopes(claims, principal.scope_claims(ctx.policy));
+        if let Err(needed) = route.scopes.check(&granted) {
+            return Err(Box::new(Denial::insufficient_scope(
+                &ctx.policy.realm,
+                &needed,
+            )));
         }
     }
     Ok(())
 }
 
-/// A lower-case spelling of a known method (HTTP/2 `:method delete`): RFC 9110 makes it
-/// another method, which no route names, while many servers treat it as `DELETE`.
-fn lookalike_method(policy: &Policy, method: &str) -> Option<Denial> {
-    let known = policy.known_methods.iter().map(String::as_str);
-    (policy.deny_lookalikes && crate::routes::is_noncanonical_method(method, known)).then(|| {
-        Denial::new(
-            400,
-            "noncanonical_method",
-            "methods are case-sensitive: send the method in upper case",
+/// The head's share of the route's validation (headers, query, path parameters, declared
+/// body size and type); the body check still to run, if any.
+fn validate_head(
+    ctx: &RequestCtx,
+    found: &RouteMatch<Route>,
+) -> Result<Option<BodyCheck>, Refusal> {
+    let Some(validation) = &found.route.validation else {
+        return Ok(None);
+    };
+    let req = ctx.req;
+    let content_type = req.joined_header("content-type");
+    let content_length = if req.end_of_stream {
+        Some(0)
+    } else {
+        req.joined_header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let plan = validation
+        .check_head(
+            req.headers,
+            ctx.query,
+            &found.params,
+            content_type.as_deref(),
+            content_length,
         )
+        .map_err(|f| Box::new(validation_denial(&f)))?;
+    Ok(match plan {
+        BodyPlan::Skip => None,
+        plan => Some(BodyCheck {
+            route: found.index,
+            plan,
+        }),
     })
-}
-
-/// An unmatched request that differs from a route only by letter case or a trailing slash
-/// (`/ADMIN`, `/items/42/`): many upstreams would serve it as that route, so with
-/// `unmatched: allow` it is refused rather than let through unchecked.
-fn lookalike_path(policy: &Policy, method: &str, path: &str) -> Option<(String, Denial)> {
-    if !policy.deny_lookalikes {
-        return None;
-    }
-    let route = policy.routes.lookalike(method, path)?;
-    let d = Denial::new(
-        400,
-        "noncanonical_path",
-        "the path differs from a route only by letter case or a trailing slash",
-    );
-    Some((route.name.clone(), d))
-}
-
-/// The rate limit service calls for the route's global limits (after its local limits
-/// admitted the request, so a flood is shed here without a network hop).
-fn global_calls(
-    policy: &Policy,
-    route: &Route,
-    req: &RequestHead,
-    claims: &Map<String, Value>,
-) -> Vec<crate::ratelimit::global::GlobalCall> {
-    use crate::ratelimit::global;
-    let mut calls = Vec::new();
-    for &li in &route.limits {
-        let Some((limit, spec)) = policy
-            .limits
-            .get(li)
-            .filter(|l| l.count == Count::Requests)
-            .and_then(|l| l.global.as_ref().map(|g| (l, g)))
-        else {
-            continue;
-        };
-        let parts = limit
-            .key
-            .iter()
-            .map(|part| match part {
-                KeyPart::ClientIp { trusted_hops } => {
-                    ("client_ip".to_string(), req.client_ip(*trusted_hops))
-                }
-                KeyPart::Claim(path) => {
-                    (format!("claim.{path}"), global::claim_value(claims, path))
-                }
-                KeyPart::Header(h) => (
-                    format!("header.{h}"),
-                    joined_header(req.headers, h).unwrap_or_default(),
-                ),
-                KeyPart::Route => ("route".to_string(), route.name.clone()),
-                KeyPart::Constant(c) => ("constant".to_string(), c.clone()),
-            })
-            .collect();
-        let cost = limit.call_cost(req.method, crate::grpc::call_method(req.path, req.headers));
-        if cost == 0 {
-            continue; // a free request: nothing to count
-        }
-        let descriptor = global::descriptor(&limit.spec.name, parts);
-        calls.push(global::call(li, spec, descriptor, cost));
-    }
-    calls
-}
-
-/// With `bypass_cors_preflight`, the name of the route a CORS preflight asks about, when it
-/// may go upstream unauthenticated: it has a preflight's shape (`crate::cors`), presents no
-/// credential of any source the policy reads (header, query or cookie), a route serves
-/// the requested method at this path, and no route lists `OPTIONS` for it explicitly (an
-/// API whose `OPTIONS` is a real operation keeps it authenticated).
-fn cors_preflight(policy: &Policy, req: &RequestHead, path: &str, query: &str) -> Option<String> {
-    if !policy.bypass_cors_preflight {
-        return None;
-    }
-    let requested = crate::cors::requested_method(req.method, req.headers, req.end_of_stream)?;
-    let sources = policy
-        .providers
-        .iter()
-        .flat_map(|p| &p.sources)
-        .chain(policy.api_key_sets.iter().flat_map(|s| &s.sources));
-    for source in sources {
-        if !matches!(
-            credentials::extract(source, req.headers, query),
-            Found::None
-        ) {
-            return None;
-        }
-    }
-    if policy.routes.names_method_for("OPTIONS", path) {
-        return None;
-    }
-    let found = policy.routes.lookup(requested, path)?;
-    Some(found.route.name.clone())
 }
 
 /// All values of a header joined with `,` (how `x-forwarded-for` lists combine).
@@ -896,188 +440,6 @@ fn validation_denial(f: &Failure) -> Denial {
         d.extensions.push(("errors", f.errors_json()));
     }
     d
-}
-
-fn jwt_denial(policy: &Policy, e: &JwtError) -> Denial {
-    Denial::invalid_token(&policy.realm, e.code(), e.description())
-}
-
-/// Compares the presented key's SHA-256 with every stored digest in constant time, so
-/// neither the key nor its position in the policy leaks through timing.
-fn find_api_key(set: &ApiKeySet, presented: &str) -> Option<usize> {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    let mut found = None;
-    for (i, key) in set.keys.iter().enumerate() {
-        if bool::from(key.digest.ct_eq(&digest)) {
-            found = Some(i);
-        }
-    }
-    found
-}
-
-fn cert_claims(uri_san: Option<&str>, subject: Option<&str>) -> Map<String, Value> {
-    let mut claims = Map::new();
-    let id = uri_san.or(subject).unwrap_or_default();
-    claims.insert("sub".into(), Value::String(id.to_string()));
-    if let Some(u) = uri_san {
-        claims.insert("uri_san".into(), Value::String(u.to_string()));
-    }
-    if let Some(s) = subject {
-        claims.insert("subject".into(), Value::String(s.to_string()));
-    }
-    claims
-}
-
-/// Who authenticated, and from which of its sources (`from`) the credential came.
-enum Principal {
-    Jwt {
-        provider: usize,
-        verified: Rc<Verified>,
-        source: usize,
-    },
-    ApiKey {
-        set: usize,
-        key: usize,
-        source: usize,
-    },
-    ClientCert {
-        claims: Map<String, Value>,
-    },
-}
-
-static NO_CLAIMS: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-
-impl Principal {
-    fn claims<'a>(&'a self, policy: &'a Policy) -> &'a Map<String, Value> {
-        match self {
-            Principal::Jwt { verified, .. } => &verified.claims,
-            Principal::ApiKey { set, key, .. } => {
-                match policy.api_key_sets.get(*set).and_then(|s| s.keys.get(*key)) {
-                    Some(k) => &k.claims,
-                    None => NO_CLAIMS.get_or_init(Map::new),
-                }
-            }
-            Principal::ClientCert { claims } => claims,
-        }
-    }
-
-    /// Where the accepted credential came from, when its source says to forward it.
-    fn forwarded_source<'a>(&self, policy: &'a Policy) -> Option<&'a TokenSource> {
-        match *self {
-            Principal::Jwt {
-                provider, source, ..
-            } => policy
-                .providers
-                .get(provider)
-                .filter(|p| p.forward)
-                .and_then(|p| p.sources.get(source)),
-            Principal::ApiKey { set, source, .. } => policy
-                .api_key_sets
-                .get(set)
-                .filter(|s| s.forward)
-                .and_then(|s| s.sources.get(source)),
-            Principal::ClientCert { .. } => None,
-        }
-    }
-
-    fn scope_claims<'a>(&self, policy: &'a Policy) -> &'a [String] {
-        static SCOPE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-        match self {
-            Principal::Jwt { provider, .. } => policy
-                .providers
-                .get(*provider)
-                .map(|p| p.scope_claims.as_slice())
-                .unwrap_or_default(),
-            _ => SCOPE.get_or_init(|| vec!["scope".to_string()]),
-        }
-    }
-}
-
-fn add_upstream_headers(provider: &Provider, verified: &Verified, m: &mut Mutations) {
-    for ch in &provider.claims_to_headers {
-        if let Some(value) = claim_at(&verified.claims, &ch.claim).and_then(header_value) {
-            m.set_headers.push((ch.header.clone(), value));
-        }
-    }
-    if let Some(h) = &provider.forward_payload_header {
-        m.set_headers
-            .push((h.clone(), verified.payload_b64.clone()));
-    }
-}
-
-/// A claim as a header value: strings as-is, arrays joined with `,`, other JSON compact.
-/// Anything with control characters is dropped rather than risk header injection.
-fn header_value(v: &Value) -> Option<String> {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| i.to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Null => return None,
-        other => other.to_string(),
-    };
-    (!s.chars().any(char::is_control)).then_some(s)
-}
-
-/// Removes every credential the policy reads (any provider's or key set's source, not only
-/// the route's) except `kept`, the one that authenticated when its source forwards it. A
-/// forged token beside a valid API key, or an expired header token beside a valid cookie,
-/// never reaches the upstream, whatever `forward` says: the upstream sees only what
-/// apiguard accepted. Header credentials go in every spelling a CGI/WSGI upstream reads as
-/// the same header. Only credentials present in the request cost a host call.
-fn strip_credentials(
-    policy: &Policy,
-    kept: Option<&TokenSource>,
-    req: &RequestHead,
-    (path, query): (&str, &str),
-    m: &mut Mutations,
-) {
-    let sources = policy
-        .providers
-        .iter()
-        .flat_map(|p| p.sources.iter())
-        .chain(policy.api_key_sets.iter().flat_map(|s| s.sources.iter()));
-    let (mut params, mut cookies): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-    for source in sources {
-        match source {
-            TokenSource::Header { name, .. } => {
-                let kept_name = match kept {
-                    Some(TokenSource::Header { name: k, .. }) => Some(k.as_str()),
-                    _ => None,
-                };
-                for (h, v) in req.headers {
-                    let strip = kept_name != Some(*h)
-                        && hygiene::same_header(h, name)
-                        && credentials::is_credential_value(source, v)
-                        && !m.remove_headers.iter().any(|r| r == h);
-                    if strip {
-                        m.remove_headers.push((*h).to_string());
-                    }
-                }
-            }
-            TokenSource::Query(p) if kept != Some(source) => params.push(p),
-            TokenSource::Cookie(c) if !matches!(kept, Some(TokenSource::Cookie(k)) if k == c) => {
-                cookies.push(c)
-            }
-            _ => {}
-        }
-    }
-    if let Some(new_path) = credentials::path_without_query_params(path, query, &params) {
-        m.new_path = Some(new_path);
-    }
-    match credentials::cookie_header_without(req.headers, &cookies) {
-        credentials::CookieEdit::Unchanged => {}
-        credentials::CookieEdit::Set(rest) => m.set_headers.push(("cookie".into(), rest)),
-        credentials::CookieEdit::Remove => m.remove_headers.push("cookie".into()),
-    }
 }
 
 #[cfg(test)]

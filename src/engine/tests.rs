@@ -3,6 +3,7 @@
 use super::test_request::TestRequest;
 use super::*;
 use crate::host::fake::{Counted, FakeClock, FakeStore};
+use crate::policy::KeySource;
 use serde_json::json;
 
 const KEY_K: &str = "YXBpZ3VhcmQtdW5pdC10ZXN0cy1obWFjLWtleS0zMmI";

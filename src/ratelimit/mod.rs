@@ -58,6 +58,7 @@
 //! distinct definition ever loaded.
 
 pub mod bucket;
+pub mod enforce;
 pub mod global;
 mod hash;
 pub mod headers;
