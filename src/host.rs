@@ -30,8 +30,9 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError>;
 }
 
-/// Envoy's `verify_signature` foreign function (BoringSSL in the host).
-pub trait SignatureHost {
+/// The host's signature verification: Envoy's `verify_signature` foreign function
+/// (BoringSSL in the host; wire format in `crate::hostcrypto`).
+pub trait HostCrypto {
     /// Verifies `signature` over `message` with a SubjectPublicKeyInfo DER key and a hash
     /// name (`sha256`, `sha384`, `sha512`). RSA keys verify PKCS#1 v1.5, EC keys verify a
     /// DER-encoded ECDSA signature. `None` means the host cannot answer (no such function),
@@ -48,7 +49,7 @@ pub trait SignatureHost {
 /// A host without foreign functions: always falls back to pure Rust.
 pub struct NoHostCrypto;
 
-impl SignatureHost for NoHostCrypto {
+impl HostCrypto for NoHostCrypto {
     fn verify_signature(&self, _: &str, _: &[u8], _: &[u8], _: &[u8]) -> Option<bool> {
         None
     }

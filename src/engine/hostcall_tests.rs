@@ -1,5 +1,5 @@
 //! Host calls per request, counted by a test host: every `Clock`, `SharedStore`,
-//! `SignatureHost` and `Metrics` call is a crossing of the Wasm boundary in Envoy (a few
+//! `HostCrypto` and `Metrics` call is a crossing of the Wasm boundary in Envoy (a few
 //! microseconds each for those that return data). `make bench` measures the whole count in
 //! Envoy with a `hostcall-count` build; these pin the engine's share of it.
 

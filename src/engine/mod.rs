@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::authn::{self, Authentication, Keyring, Principal};
 use crate::authz::{self, granted_scopes};
-use crate::host::{Clock, SharedStore, SignatureHost};
+use crate::host::{Clock, HostCrypto, SharedStore};
 // The host traits lived here first: kept reachable under their old paths.
 pub use crate::authn::{ProviderKeys, JWKS_RETRY_AFTER_SECS};
 pub use crate::host::{KnownPeer, Metrics, Peer};
@@ -104,7 +104,7 @@ pub struct BodyCheck {
 /// The host services a decision may use.
 pub struct Host<'a> {
     pub clock: &'a dyn Clock,
-    pub crypto: &'a dyn SignatureHost,
+    pub crypto: &'a dyn HostCrypto,
     pub store: &'a dyn SharedStore,
 }
 

@@ -11,7 +11,7 @@ use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
 use super::hostcalls;
 use crate::engine::{Metrics, Peer};
 use crate::headermap;
-use crate::host::{CasError, Clock, SharedStore, SignatureHost};
+use crate::host::{CasError, Clock, HostCrypto, SharedStore};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
 
 pub(super) fn log(level: LogLevel, msg: &str) {
@@ -148,13 +148,13 @@ impl SharedStore for HostStore {
     }
 }
 
-/// Envoy's BoringSSL through the `verify_signature` foreign function; remembers when the
+/// The host crypto of Envoy: BoringSSL through the `verify_signature` foreign function; remembers when the
 /// host lacks it so the pure-Rust fallback does not pay for a failing call every time.
-pub(super) struct HostCrypto {
+pub(super) struct ForeignHostCrypto {
     pub(super) available: Cell<bool>,
 }
 
-impl SignatureHost for HostCrypto {
+impl HostCrypto for ForeignHostCrypto {
     fn verify_signature(
         &self,
         hash: &str,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Bytes, ContextType, LogLevel};
 
-use super::host::{log, HostClock, HostCrypto, HostMetrics, HostStore};
+use super::host::{log, ForeignHostCrypto, HostClock, HostMetrics, HostStore};
 use super::hostcalls;
 use super::http::Request;
 use crate::engine::{Engine, Metrics};
@@ -38,7 +38,7 @@ pub(super) struct Worker {
     pub(super) engine: RefCell<Engine>,
     pub(super) remotes: RefCell<Vec<RemoteKeys>>,
     pub(super) metrics: RefCell<HostMetrics>,
-    pub(super) crypto: HostCrypto,
+    pub(super) crypto: ForeignHostCrypto,
 }
 
 #[derive(Default)]
@@ -133,7 +133,7 @@ impl RootContext for Root {
             engine: RefCell::new(Engine::new(policy.clone())),
             remotes: RefCell::new(remotes),
             metrics: RefCell::new(HostMetrics::default()),
-            crypto: HostCrypto {
+            crypto: ForeignHostCrypto {
                 available: Cell::new(true),
             },
         });

@@ -12,7 +12,7 @@
 use super::jwk::Material;
 use super::test_vectors as tv;
 use super::*;
-use crate::host::{NoHostCrypto, SignatureHost};
+use crate::host::{HostCrypto, NoHostCrypto};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -121,7 +121,7 @@ impl RecordingHost {
     }
 }
 
-impl SignatureHost for RecordingHost {
+impl HostCrypto for RecordingHost {
     fn verify_signature(&self, hash: &str, spki: &[u8], sig: &[u8], msg: &[u8]) -> Option<bool> {
         self.calls.borrow_mut().push(HostCall {
             hash: hash.to_string(),

@@ -4,7 +4,7 @@
 use super::alg::{Alg, Family};
 use super::jwk::{der_tlv, der_uint, strip_leading_zeros, Curve, Jwks, Key, Material, P256, P384};
 use super::{JwtError, Rules, Verified};
-use crate::host::SignatureHost;
+use crate::host::HostCrypto;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -21,7 +21,7 @@ pub fn verify(
     jwks: &Jwks,
     rules: &Rules,
     now_secs: u64,
-    host: &dyn SignatureHost,
+    host: &dyn HostCrypto,
 ) -> Result<Verified, JwtError> {
     if token.len() > rules.max_token_bytes {
         return Err(JwtError::TooLarge);
@@ -241,7 +241,7 @@ fn check_signature(
     alg: Alg,
     input: &[u8],
     sig: &[u8],
-    host: &dyn SignatureHost,
+    host: &dyn HostCrypto,
 ) -> Result<(), JwtError> {
     let mut candidates: Vec<&Key> = match kid {
         Some(kid) => {
@@ -277,7 +277,7 @@ pub(crate) fn signature_ok(
     alg: Alg,
     input: &[u8],
     sig: &[u8],
-    host: &dyn SignatureHost,
+    host: &dyn HostCrypto,
 ) -> bool {
     match (&key.material, alg.family()) {
         (Material::Rsa { key, spki }, Family::RsaPkcs1) => {

@@ -199,9 +199,7 @@ fn validation_and_policy_errors_are_reported_together() {
 
 #[test]
 fn api_key_digests_are_exactly_64_hex_digits() {
-    let policy = |digest: &str| {
-        json!({"api_keys": [{"name": "k", "keys": [{"sha256": digest, "client_id": "c"}]}]})
-    };
+    let policy = |digest: &str| json!({"api_keys": [{"name": "k", "keys": [{"sha256": digest, "client_id": "c"}]}]});
     let good = "ab".repeat(32);
     assert!(errors(policy(&good)).is_empty());
     assert!(errors(policy(&format!(" {} ", good.to_uppercase()))).is_empty());
