@@ -28,6 +28,12 @@ pub struct RateLimitRequest {
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
+    /// Per-descriptor hits (`google.protobuf.UInt64Value`, field 3 of
+    /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`): when set it replaces
+    /// the request's `hits_addend` for this descriptor, and an explicit 0 asks the service
+    /// to check without counting (envoyproxy/ratelimit since PR #802; apiguard-rls).
+    #[prost(message, optional, tag = "3")]
+    pub hits_addend: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -130,6 +136,7 @@ mod tests {
                     key: "k".into(),
                     value: "v".into(),
                 }],
+                hits_addend: None,
             }],
             hits_addend: 3,
         };
@@ -141,6 +148,21 @@ mod tests {
             0x18, 3, // hits_addend: field 3, varint
         ];
         assert_eq!(req.encode_to_vec(), want);
+    }
+
+    /// A per-descriptor `hits_addend` is a `UInt64Value` message at field 3: an explicit 0
+    /// is an empty message (present, so "check only"), absent is no field at all.
+    #[test]
+    fn per_descriptor_hits_addend_wire_form() {
+        let d = |hits| RateLimitDescriptor {
+            entries: vec![],
+            hits_addend: hits,
+        };
+        assert_eq!(d(None).encode_to_vec(), Vec::<u8>::new());
+        assert_eq!(d(Some(0)).encode_to_vec(), [0x1a, 0]);
+        assert_eq!(d(Some(1)).encode_to_vec(), [0x1a, 2, 0x08, 1]);
+        let back = RateLimitDescriptor::decode(&[0x1a, 0][..]).unwrap();
+        assert_eq!(back.hits_addend, Some(0));
     }
 
     #[test]

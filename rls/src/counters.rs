@@ -13,20 +13,25 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// KEYS: counters. ARGV[1]: hits; ARGV[2i], ARGV[2i+1]: limit and window of KEYS[i].
+/// KEYS: counters. ARGV[3i-2], ARGV[3i-1], ARGV[3i]: limit, window and hits of KEYS[i].
 /// Returns {over, count_1, ..., count_n}: counts after the take, or as read if over.
+/// A counter with hits 0 is only read (a check without counting: never over, never
+/// created).
 const CHECK_AND_TAKE: &str = r"
-local hits = tonumber(ARGV[1])
 local over = 0
 local counts = {}
 for i = 1, #KEYS do
+  local hits = tonumber(ARGV[3 * i])
   counts[i] = tonumber(redis.call('get', KEYS[i]) or '0')
-  if counts[i] + hits > tonumber(ARGV[2 * i]) then over = 1 end
+  if hits > 0 and counts[i] + hits > tonumber(ARGV[3 * i - 2]) then over = 1 end
 end
 if over == 0 then
   for i = 1, #KEYS do
-    counts[i] = redis.call('incrby', KEYS[i], hits)
-    if counts[i] == hits then redis.call('expire', KEYS[i], ARGV[2 * i + 1]) end
+    local hits = tonumber(ARGV[3 * i])
+    if hits > 0 then
+      counts[i] = redis.call('incrby', KEYS[i], hits)
+      if counts[i] == hits then redis.call('expire', KEYS[i], ARGV[3 * i - 1]) end
+    end
   end
 end
 table.insert(counts, 1, over)
@@ -38,6 +43,8 @@ pub struct Item {
     pub key: String,
     pub limit: u32,
     pub window_secs: u64,
+    /// What this request adds (0: read only).
+    pub hits: u64,
 }
 
 pub struct Taken {
@@ -69,14 +76,13 @@ impl Store {
         Store::Memory(Mutex::new(HashMap::new()))
     }
 
-    pub async fn take(&self, items: &[Item], hits: u64, now_secs: u64) -> Result<Taken, String> {
+    pub async fn take(&self, items: &[Item], now_secs: u64) -> Result<Taken, String> {
         match self {
             Store::Redis(conn, script) => {
                 let mut inv = script.prepare_invoke();
-                inv.arg(hits);
                 for it in items {
                     inv.key(format!("apiguard-rls:{}", it.key));
-                    inv.arg(it.limit).arg(it.window_secs);
+                    inv.arg(it.limit).arg(it.window_secs).arg(it.hits);
                 }
                 let mut conn = conn.clone();
                 let mut out: Vec<u64> = inv
@@ -99,16 +105,20 @@ impl Store {
                 let over = items
                     .iter()
                     .zip(&counts)
-                    .any(|(it, c)| c + hits > u64::from(it.limit));
+                    .any(|(it, c)| it.hits > 0 && c + it.hits > u64::from(it.limit));
                 if over {
                     return Ok(Taken { over, counts });
                 }
                 let counts = items
                     .iter()
-                    .map(|it| {
+                    .zip(counts)
+                    .map(|(it, count)| {
+                        if it.hits == 0 {
+                            return count;
+                        }
                         let expires = window_start(now_secs, it.window_secs) + it.window_secs;
                         let e = map.entry(it.key.clone()).or_insert((0, expires));
-                        e.0 += hits;
+                        e.0 += it.hits;
                         e.0
                     })
                     .collect();
@@ -131,6 +141,7 @@ mod tests {
             key: key.into(),
             limit,
             window_secs: 60,
+            hits: 1,
         }
     }
 
@@ -139,17 +150,21 @@ mod tests {
         let s = Store::memory();
         let items = [item("a", 3), item("b", 10)];
         for n in 1..=3 {
-            let t = s.take(&items, 1, 120).await.unwrap();
+            let t = s.take(&items, 120).await.unwrap();
             assert!(!t.over);
             assert_eq!(t.counts, vec![n, n]);
         }
-        let t = s.take(&items, 1, 121).await.unwrap();
+        let t = s.take(&items, 121).await.unwrap();
         assert!(t.over);
         // The refused take wrote nothing, on either counter.
-        assert_eq!(
-            s.take(&[item("b", 10)], 1, 121).await.unwrap().counts,
-            vec![4]
-        );
+        assert_eq!(s.take(&[item("b", 10)], 121).await.unwrap().counts, vec![4]);
+        // A check without counting (hits 0) reads the full counter and is never over.
+        let peek = Item {
+            hits: 0,
+            ..item("a", 3)
+        };
+        let t = s.take(&[peek], 121).await.unwrap();
+        assert_eq!((t.over, t.counts.clone()), (false, vec![3]));
         // Next window: the key in use carries the window start (the server builds it).
         assert_eq!(window_start(185, 60), 180);
     }

@@ -32,9 +32,11 @@ impl Rls {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let hits = u64::from(req.hits_addend.max(1));
-        // (descriptor index, matched limit, counter key)
-        let mut matched: Vec<(usize, Matched, String)> = Vec::new();
+        // The request's hits_addend, 0 meaning 1; a descriptor's own hits_addend, when
+        // set, replaces it, and there an explicit 0 means "check without counting".
+        let request_hits = u64::from(req.hits_addend.max(1));
+        // (descriptor index, matched limit, counter key, hits)
+        let mut matched: Vec<(usize, Matched, String, u64)> = Vec::new();
         for (i, d) in req.descriptors.iter().enumerate() {
             let entries: Vec<(String, String)> = d
                 .entries
@@ -44,7 +46,7 @@ impl Rls {
             if let Some(m) = self.config.matching(&entries) {
                 let start = window_start(now, m.window_secs);
                 let key = counter_key(&req.domain, &entries, start);
-                matched.push((i, m, key));
+                matched.push((i, m, key, d.hits_addend.unwrap_or(request_hits)));
             }
         }
         if matched.is_empty() {
@@ -52,15 +54,16 @@ impl Rls {
         }
         let items: Vec<Item> = matched
             .iter()
-            .map(|(_, m, key)| Item {
+            .map(|(_, m, key, hits)| Item {
                 key: key.clone(),
                 limit: m.limit,
                 window_secs: m.window_secs,
+                hits: *hits,
             })
             .collect();
         let taken = self
             .store
-            .take(&items, hits, now)
+            .take(&items, now)
             .await
             .map_err(|e| Status::unavailable(format!("counter store: {e}")))?;
         let mut resp = ok_response(req.descriptors.len());
@@ -69,8 +72,8 @@ impl Rls {
         } else {
             Code::Ok
         } as i32;
-        for ((i, m, _), count) in matched.iter().zip(&taken.counts) {
-            let over = taken.over && count + hits > u64::from(m.limit);
+        for ((i, m, _, hits), count) in matched.iter().zip(&taken.counts) {
+            let over = taken.over && *hits > 0 && count + hits > u64::from(m.limit);
             let reset = window_start(now, m.window_secs) + m.window_secs - now;
             if let Some(s) = resp.statuses.get_mut(*i) {
                 *s = DescriptorStatus {
@@ -200,12 +203,14 @@ mod tests {
                             value: user.into(),
                         },
                     ],
+                    hits_addend: None,
                 },
                 RateLimitDescriptor {
                     entries: vec![Entry {
                         key: "unknown".into(),
                         value: "x".into(),
                     }],
+                    hits_addend: None,
                 },
             ],
             hits_addend: hits,
@@ -252,6 +257,39 @@ mod tests {
             rls.should_rate_limit(other).await.unwrap().overall_code,
             Code::Ok as i32
         );
+    }
+
+    /// A descriptor's own hits_addend replaces the request's; 0 checks without counting
+    /// and reports what is left (apiguard's lockout peek reads `limit_remaining` 0 as locked).
+    #[tokio::test]
+    async fn per_descriptor_hits_and_check_only() {
+        let rls = rls();
+        let with_hits = |hits| {
+            let mut r = request("carol", 9);
+            r.descriptors[0].hits_addend = Some(hits);
+            r
+        };
+        let r = rls.should_rate_limit(with_hits(0)).await.unwrap();
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (Code::Ok as i32, 3)
+        );
+        for left in [2, 1, 0] {
+            let r = rls.should_rate_limit(with_hits(1)).await.unwrap();
+            assert_eq!(
+                (r.overall_code, r.statuses[0].limit_remaining),
+                (Code::Ok as i32, left)
+            );
+        }
+        // Empty: a peek is still OK with nothing left, a charge is over and writes nothing.
+        let r = rls.should_rate_limit(with_hits(0)).await.unwrap();
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (Code::Ok as i32, 0)
+        );
+        let r = rls.should_rate_limit(with_hits(1)).await.unwrap();
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
     }
 
     #[test]

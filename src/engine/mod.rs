@@ -24,6 +24,7 @@ use crate::hygiene;
 use crate::jwt::Jwks;
 use crate::policy::{Access, Policy, PrincipalRef, Route};
 use crate::problem::Denial;
+use crate::ratelimit::global::{CallKind, GlobalCall};
 use crate::ratelimit::{enforce, lockout};
 use crate::routes::{split_query, RouteMatch};
 use crate::validate::{BodyPlan, Failure};
@@ -212,6 +213,8 @@ impl Engine {
             // when that is done.
             Verdict::Allow(_) if decision.body.is_some() || !decision.global.is_empty() => {}
             Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
+            // A refusal held for a global lockout's answer is counted by the glue.
+            Verdict::Deny(_) if !decision.global.is_empty() => {}
             Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
         }
         decision
@@ -288,8 +291,10 @@ impl Engine {
         let principal = match &route.access {
             Access::Public => None,
             Access::Principals(accepted) => {
-                let authn = self.authenticate(ctx, route, accepted, now, metrics);
+                let (authn, lockout_calls) = self.authenticate(ctx, route, accepted, now, metrics);
                 record.refetch = authn.refetch;
+                // Global lockouts: whatever the verdict, it waits for the service's answer.
+                record.global = lockout_calls;
                 Some(authn.result?)
             }
         };
@@ -313,12 +318,15 @@ impl Engine {
         }
         record.body = validate_head(ctx, found)?;
         record.response_headers = enforce::local_limits(ctx, route, claims, metrics)?;
-        record.global = enforce::global_calls(ctx, route, claims);
+        record
+            .global
+            .extend(enforce::global_calls(ctx, route, claims));
         Ok(principal)
     }
 
     /// The route's lockouts, then its principal sources; a presented credential that is
-    /// refused charges the lockouts (`ratelimit::lockout`).
+    /// refused charges the lockouts (`ratelimit::lockout`). Also answers the global
+    /// lockouts' calls: a charge after such a refusal, else a check without counting.
     fn authenticate(
         &mut self,
         ctx: &RequestCtx,
@@ -326,21 +334,26 @@ impl Engine {
         accepted: &[PrincipalRef],
         now: u64,
         metrics: &mut dyn Metrics,
-    ) -> Authentication {
+    ) -> (Authentication, Vec<GlobalCall>) {
         let (policy, req, store) = (ctx.policy, ctx.req, ctx.host.store);
         if let Some(d) = lockout::check(policy, route, req, store, ctx.host.clock.now_millis()) {
-            return Authentication {
+            let locked = Authentication {
                 result: Err(Box::new(d)),
                 refetch: Vec::new(),
             };
+            return (locked, Vec::new());
         }
         let authn = authn::authenticate(&mut self.keyring, ctx, accepted, now, metrics);
-        if let Err(d) = &authn.result {
-            if lockout::is_auth_failure(d) {
-                lockout::record_failure(policy, route, req, store, ctx.host.clock.now_millis());
-            }
+        let failed = matches!(&authn.result, Err(d) if lockout::is_auth_failure(d));
+        if failed {
+            lockout::record_failure(policy, route, req, store, ctx.host.clock.now_millis());
         }
-        authn
+        let kind = if failed {
+            CallKind::LockoutCharge
+        } else {
+            CallKind::LockoutPeek
+        };
+        (authn, lockout::global_calls(policy, route, req, kind))
     }
 }
 

@@ -12,15 +12,18 @@ use proxy_wasm::types::{Action, BufferType};
 use super::http::{log_denial, send_denial, Request};
 use crate::engine::Metrics;
 use crate::problem::Denial;
-use crate::ratelimit::global::{self, GlobalCall, Reply, Verdict};
+use crate::ratelimit::global::{self, CallKind, GlobalCall, Reply, Verdict};
 use crate::rls_proto;
 
 /// Calls still in flight for one request, and what the finished ones decided.
 #[derive(Default)]
 pub(super) struct Pending {
-    /// (gRPC call token, index into `Policy::limits`).
-    calls: Vec<(u32, usize)>,
+    /// (gRPC call token, index into `Policy::limits`, what the call asked).
+    calls: Vec<(u32, usize, CallKind)>,
     denial: Option<Denial>,
+    /// The engine's refusal, sent once the global lockouts have answered (unless one of
+    /// them locks the key or fails closed), with the rule that refused, for the log.
+    held: Option<(Denial, Option<String>)>,
     headers: Vec<(String, String)>,
     /// Kept for the denial log.
     principal: Option<String>,
@@ -39,10 +42,12 @@ impl Request {
         calls: Vec<GlobalCall>,
         principal: Option<String>,
         hold: bool,
+        held: Option<(Denial, Option<String>)>,
     ) -> Action {
         let mut pending = Pending {
             principal,
             hold,
+            held,
             ..Pending::default()
         };
         for call in calls {
@@ -55,9 +60,9 @@ impl Request {
                 Duration::from_millis(call.timeout_ms),
             );
             match token {
-                Ok(token) => pending.calls.push((token, call.limit)),
+                Ok(token) => pending.calls.push((token, call.limit, call.kind)),
                 // An unknown cluster or a host refusal is a failure of the service.
-                Err(_) => self.record_reply(&mut pending, call.limit, Reply::Failed),
+                Err(_) => self.record_reply(&mut pending, call.limit, call.kind, Reply::Failed),
             }
         }
         if pending.calls.is_empty() {
@@ -72,11 +77,11 @@ impl Request {
         let Some(mut pending) = self.global.take() else {
             return;
         };
-        let Some(at) = pending.calls.iter().position(|(t, _)| *t == token) else {
+        let Some(at) = pending.calls.iter().position(|(t, _, _)| *t == token) else {
             self.global = Some(pending);
             return;
         };
-        let (_, limit) = pending.calls.swap_remove(at);
+        let (_, limit, kind) = pending.calls.swap_remove(at);
         let body = if status_code == 0 {
             hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
                 .ok()
@@ -85,7 +90,7 @@ impl Request {
             None
         };
         let reply = body.as_deref().map_or(Reply::Failed, Reply::Message);
-        self.record_reply(&mut pending, limit, reply);
+        self.record_reply(&mut pending, limit, kind, reply);
         if !pending.calls.is_empty() {
             self.global = Some(pending);
             return;
@@ -95,7 +100,7 @@ impl Request {
         }
     }
 
-    fn record_reply(&self, pending: &mut Pending, limit: usize, reply: Reply) {
+    fn record_reply(&self, pending: &mut Pending, limit: usize, kind: CallKind, reply: Reply) {
         let Some(worker) = &self.worker else {
             return;
         };
@@ -106,7 +111,7 @@ impl Request {
         let Some(spec) = &limit.global else {
             return;
         };
-        let verdict = global::interpret(&limit.spec.name, spec, reply);
+        let verdict = global::interpret(&limit.spec.name, spec, kind, reply);
         let mut metrics = worker.metrics.borrow_mut();
         match verdict {
             Verdict::Allowed { headers } => {
@@ -117,14 +122,14 @@ impl Request {
             }
             Verdict::Limited(d) => {
                 metrics.incr(&limit.counters.limited);
-                pending.denial.get_or_insert(*d);
+                global::keep_denial(&mut pending.denial, *d);
             }
             Verdict::ErrorAllowed => {
                 metrics.incr(&format!("apiguard.ratelimit.{}.rls_error", limit.spec.name));
             }
             Verdict::ErrorDenied(d) => {
                 metrics.incr(&format!("apiguard.ratelimit.{}.rls_error", limit.spec.name));
-                pending.denial.get_or_insert(*d);
+                global::keep_denial(&mut pending.denial, *d);
             }
         }
     }
@@ -134,7 +139,12 @@ impl Request {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        if let Some(denial) = pending.denial {
+        // A lock or a closed failure replaces the engine's own refusal, if any.
+        let denial = match (pending.denial, pending.held) {
+            (Some(d), _) => Some((d, None)),
+            (None, held) => held,
+        };
+        if let Some((denial, rule)) = denial {
             worker
                 .metrics
                 .borrow_mut()
@@ -145,7 +155,7 @@ impl Request {
                 worker.engine.borrow().policy().deny_log,
                 &denial,
                 self.route.as_deref(),
-                None,
+                rule.as_deref(),
                 pending.principal.as_deref(),
                 self.request_id.as_deref(),
             );

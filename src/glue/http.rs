@@ -278,13 +278,19 @@ impl Request {
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
                 }
                 if !global.is_empty() {
-                    return self.start_global(global, decision.principal, hold);
+                    return self.start_global(global, decision.principal, hold, None);
                 }
                 if hold {
                     Action::Pause
                 } else {
                     Action::Continue
                 }
+            }
+            // A global lockout's answer comes first: the refusal waits for it.
+            Verdict::Deny(denial) if !global.is_empty() => {
+                self.body = None;
+                let held = Some((denial, decision.rule));
+                self.start_global(global, decision.principal, false, held)
             }
             Verdict::Deny(denial) => {
                 log_denial(

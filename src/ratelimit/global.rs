@@ -36,11 +36,26 @@ pub struct GlobalSpec {
     pub on_error: FailureMode,
 }
 
+/// What a call asks the service, and so how its answer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// A limit on requests: take `cost` hits; OVER_LIMIT refuses (429 `rate_limited`).
+    Limit,
+    /// A global lockout, before the credential counts: read the key's failure counter
+    /// without counting (per-descriptor `hits_addend` 0). Nothing left (OVER_LIMIT, or
+    /// `limit_remaining` 0 for a limit the service knows) is a lock: 429 `locked_out`.
+    LockoutPeek,
+    /// A global lockout, after apiguard refused a presented credential: count the failure
+    /// (per-descriptor `hits_addend` = cost). OVER_LIMIT means the key was already locked.
+    LockoutCharge,
+}
+
 /// One call to make before the request may continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalCall {
     /// Index into `Policy::limits`.
     pub limit: usize,
+    pub kind: CallKind,
     pub cluster: String,
     pub timeout_ms: u64,
     /// The encoded `RateLimitRequest`.
@@ -78,7 +93,10 @@ pub fn descriptor(name: &str, parts: Vec<(String, String)>) -> RateLimitDescript
         value: name.into(),
     });
     entries.extend(parts.into_iter().map(|(key, value)| Entry { key, value }));
-    RateLimitDescriptor { entries }
+    RateLimitDescriptor {
+        entries,
+        hits_addend: None,
+    }
 }
 
 /// The call for one limit of one request.
@@ -97,15 +115,60 @@ pub fn call(
     };
     GlobalCall {
         limit,
+        kind: CallKind::Limit,
         cluster: spec.cluster.clone(),
         timeout_ms: spec.timeout_ms,
         message: req.encode_to_vec(),
     }
 }
 
+/// The call for one global lockout of one request: a peek (hits 0) or a charge (`cost`),
+/// said on the descriptor itself, where an explicit 0 means "check without counting"
+/// (the request-level `hits_addend` cannot say 0: there it means 1).
+pub fn lockout_call(
+    limit: usize,
+    spec: &GlobalSpec,
+    mut descriptor: RateLimitDescriptor,
+    kind: CallKind,
+    cost: u64,
+) -> GlobalCall {
+    let hits = if kind == CallKind::LockoutCharge {
+        cost.max(1)
+    } else {
+        0
+    };
+    descriptor.hits_addend = Some(hits);
+    let req = RateLimitRequest {
+        domain: spec.domain.clone(),
+        descriptors: vec![descriptor],
+        // What a service that ignores per-descriptor hits would count: one.
+        hits_addend: 1,
+    };
+    GlobalCall {
+        limit,
+        kind,
+        cluster: spec.cluster.clone(),
+        timeout_ms: spec.timeout_ms,
+        message: req.encode_to_vec(),
+    }
+}
+
+/// Keeps the denial that decides the request: a lockout wins over anything (a locked key
+/// is refused as such whatever else happened), otherwise the first one stays.
+pub fn keep_denial(current: &mut Option<Denial>, new: Denial) {
+    let locked = |d: &Denial| d.reason == LOCKED_OUT;
+    match current {
+        Some(c) if locked(c) || !locked(&new) => {}
+        _ => *current = Some(new),
+    }
+}
+
+/// The reason of a global lockout's refusal (the same as a local lockout's).
+pub const LOCKED_OUT: &str = "locked_out";
+
 /// Decides one reply. A message that does not decode, or an `overall_code` that is neither
 /// OK nor OVER_LIMIT, is a failure of the service like any other.
-pub fn interpret(name: &str, spec: &GlobalSpec, reply: Reply) -> Verdict {
+pub fn interpret(name: &str, spec: &GlobalSpec, kind: CallKind, reply: Reply) -> Verdict {
     let resp = match reply {
         Reply::Message(bytes) => RateLimitResponse::decode(bytes).ok(),
         Reply::Failed => None,
@@ -140,6 +203,35 @@ pub fn interpret(name: &str, spec: &GlobalSpec, reply: Reply) -> Verdict {
                 headers::ratelimit_header(name, remaining, t),
             ));
         }
+    }
+    let over = match Code::try_from(resp.overall_code) {
+        Ok(Code::Ok) => false,
+        Ok(Code::OverLimit) => true,
+        _ => return on_error(name, spec),
+    };
+    if kind != CallKind::Limit {
+        // A peek reads "nothing left" as locked: the failure that emptied the counter was
+        // admitted (OK), and the key is locked from the next request on, as locally.
+        let empty = kind == CallKind::LockoutPeek
+            && status.is_some_and(|s| s.current_limit.is_some() && s.limit_remaining == 0);
+        if !(over || empty) {
+            return Verdict::Allowed {
+                headers: Vec::new(),
+            };
+        }
+        let mut d = Denial::new(
+            429,
+            LOCKED_OUT,
+            format!("too many authentication failures (`{name}`): try again later"),
+        );
+        d.retry_after_secs = Some(reset_secs.unwrap_or(1).clamp(1, 86_400));
+        d.headers = hdrs
+            .into_iter()
+            .filter(|(h, _)| h == headers::POLICY_HEADER)
+            .collect();
+        d.extensions
+            .push(("limit", Value::String(name.to_string())));
+        return Verdict::Limited(Box::new(d));
     }
     match Code::try_from(resp.overall_code) {
         Ok(Code::Ok) => Verdict::Allowed { headers: hdrs },
@@ -184,9 +276,11 @@ pub fn claim_value(claims: &Map<String, Value>, path: &str) -> String {
 /// Compiles a limit's `global` block; errors as `(field, message)` for the policy compiler.
 /// `local_fields`: the limit also sets `capacity` or `refill`, which a global limit's
 /// service decides, so they are refused rather than silently ignored.
+/// `lockout`: a `count: auth_failures` limit, whose `on_error` defaults to `deny`.
 pub fn compile(
     raw: crate::policy::raw::RawGlobal,
     local_fields: bool,
+    lockout: bool,
 ) -> Result<GlobalSpec, Vec<(String, String)>> {
     let mut errors = Vec::new();
     if local_fields {
@@ -218,7 +312,14 @@ pub fn compile(
         cluster: raw.cluster,
         domain: raw.domain,
         timeout_ms,
-        on_error: raw.on_error.unwrap_or(FailureMode::Allow),
+        // A lockout that silently stops while the service is unreachable is what an
+        // attacker who can overload the service wants: it fails closed unless told
+        // otherwise. A request limit fails open, like Envoy's ratelimit filter.
+        on_error: raw.on_error.unwrap_or(if lockout {
+            FailureMode::Deny
+        } else {
+            FailureMode::Allow
+        }),
     })
 }
 
@@ -262,8 +363,12 @@ mod tests {
     #[test]
     fn over_limit_is_the_local_429_with_headers() {
         let bytes = response(Code::OverLimit, 0, Some(42), Unit::Minute);
-        let Verdict::Limited(d) = interpret("g", &spec(FailureMode::Allow), Reply::Message(&bytes))
-        else {
+        let Verdict::Limited(d) = interpret(
+            "g",
+            &spec(FailureMode::Allow),
+            CallKind::Limit,
+            Reply::Message(&bytes),
+        ) else {
             panic!("expected 429");
         };
         assert_eq!((d.status, d.reason), (429, "rate_limited"));
@@ -279,16 +384,23 @@ mod tests {
     #[test]
     fn ok_carries_headers_and_missing_reset_still_backs_off() {
         let bytes = response(Code::Ok, 7, Some(3), Unit::Second);
-        let Verdict::Allowed { headers } =
-            interpret("g", &spec(FailureMode::Deny), Reply::Message(&bytes))
-        else {
+        let Verdict::Allowed { headers } = interpret(
+            "g",
+            &spec(FailureMode::Deny),
+            CallKind::Limit,
+            Reply::Message(&bytes),
+        ) else {
             panic!("expected allow");
         };
         assert!(headers.contains(&("ratelimit".into(), "\"g\";r=7;t=3".into())));
         // OVER_LIMIT without a reset or a known unit: Retry-After 1, no policy header.
         let bytes = response(Code::OverLimit, 0, None, Unit::Unknown);
-        let Verdict::Limited(d) = interpret("g", &spec(FailureMode::Deny), Reply::Message(&bytes))
-        else {
+        let Verdict::Limited(d) = interpret(
+            "g",
+            &spec(FailureMode::Deny),
+            CallKind::Limit,
+            Reply::Message(&bytes),
+        ) else {
             panic!("expected 429");
         };
         assert_eq!(d.retry_after_secs, Some(1));
@@ -310,7 +422,7 @@ mod tests {
         ] {
             let allow = matches!(reply, Reply::Failed);
             let _ = allow;
-            match interpret("g", &spec(FailureMode::Deny), reply) {
+            match interpret("g", &spec(FailureMode::Deny), CallKind::Limit, reply) {
                 Verdict::ErrorDenied(d) => {
                     assert_eq!((d.status, d.reason), (503, "ratelimit_unavailable"));
                     assert_eq!(d.retry_after_secs, Some(ERROR_RETRY_AFTER_SECS));
@@ -319,8 +431,131 @@ mod tests {
             }
         }
         assert_eq!(
-            interpret("g", &spec(FailureMode::Allow), Reply::Failed),
+            interpret(
+                "g",
+                &spec(FailureMode::Allow),
+                CallKind::Limit,
+                Reply::Failed
+            ),
             Verdict::ErrorAllowed
+        );
+    }
+
+    fn status(code: Code, remaining: u32, known: bool) -> Vec<u8> {
+        RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![DescriptorStatus {
+                code: code as i32,
+                current_limit: known.then(|| RateLimit {
+                    name: String::new(),
+                    requests_per_unit: 20,
+                    unit: Unit::Minute as i32,
+                }),
+                limit_remaining: remaining,
+                duration_until_reset: Some(Duration {
+                    seconds: 37,
+                    nanos: 0,
+                }),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn locked(kind: CallKind, bytes: &[u8]) -> Option<Box<Denial>> {
+        match interpret(
+            "guess",
+            &spec(FailureMode::Deny),
+            kind,
+            Reply::Message(bytes),
+        ) {
+            Verdict::Limited(d) => Some(d),
+            Verdict::Allowed { headers } => {
+                // A lockout's answer never adds RateLimit headers to an allowed response.
+                assert!(headers.is_empty());
+                None
+            }
+            v => panic!("unexpected {v:?}"),
+        }
+    }
+
+    #[test]
+    fn lockout_peek_reads_an_empty_counter_as_locked() {
+        use CallKind::{LockoutCharge, LockoutPeek};
+        assert!(locked(LockoutPeek, &status(Code::Ok, 3, true)).is_none());
+        let d = locked(LockoutPeek, &status(Code::Ok, 0, true)).unwrap();
+        assert_eq!((d.status, d.reason), (429, LOCKED_OUT));
+        assert_eq!(d.retry_after_secs, Some(37));
+        assert!(d
+            .headers
+            .contains(&("ratelimit-policy".into(), "\"guess\";q=20;w=60".into())));
+        // envoyproxy/ratelimit counts refused hits too: past the limit it answers OVER_LIMIT.
+        assert!(locked(LockoutPeek, &status(Code::OverLimit, 0, true)).is_some());
+        // A descriptor the service has no limit for is never locked.
+        assert!(locked(LockoutPeek, &status(Code::Ok, 0, false)).is_none());
+        // A charge that emptied the counter was still admitted (this failure is a 401);
+        // one past it was already locked.
+        assert!(locked(LockoutCharge, &status(Code::Ok, 0, true)).is_none());
+        assert!(locked(LockoutCharge, &status(Code::OverLimit, 0, true)).is_some());
+        // Failures follow on_error, for both.
+        for kind in [LockoutPeek, LockoutCharge] {
+            assert!(matches!(
+                interpret("guess", &spec(FailureMode::Deny), kind, Reply::Failed),
+                Verdict::ErrorDenied(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn lockout_calls_say_their_hits_on_the_descriptor() {
+        let peek = lockout_call(
+            3,
+            &spec(FailureMode::Deny),
+            descriptor("guess", vec![]),
+            CallKind::LockoutPeek,
+            5,
+        );
+        let req = RateLimitRequest::decode(peek.message.as_slice()).unwrap();
+        assert_eq!((peek.limit, req.hits_addend), (3, 1));
+        assert_eq!(req.descriptors[0].hits_addend, Some(0));
+        let charge = lockout_call(
+            3,
+            &spec(FailureMode::Deny),
+            descriptor("guess", vec![]),
+            CallKind::LockoutCharge,
+            5,
+        );
+        let req = RateLimitRequest::decode(charge.message.as_slice()).unwrap();
+        assert_eq!(req.descriptors[0].hits_addend, Some(5));
+    }
+
+    #[test]
+    fn a_lock_outranks_every_other_refusal() {
+        let limited = || Denial::new(429, "rate_limited", "x");
+        let lock = || Denial::new(429, LOCKED_OUT, "x");
+        let mut kept = None;
+        keep_denial(&mut kept, limited());
+        keep_denial(&mut kept, Denial::new(503, "ratelimit_unavailable", "x"));
+        assert_eq!(kept.as_ref().map(|d| d.reason), Some("rate_limited"));
+        keep_denial(&mut kept, lock());
+        keep_denial(&mut kept, limited());
+        assert_eq!(kept.map(|d| d.reason), Some(LOCKED_OUT));
+    }
+
+    #[test]
+    fn lockouts_fail_closed_by_default_request_limits_open() {
+        let raw = || crate::policy::raw::RawGlobal {
+            cluster: "rls".into(),
+            domain: "d".into(),
+            timeout_ms: None,
+            on_error: None,
+        };
+        assert_eq!(
+            compile(raw(), false, true).unwrap().on_error,
+            FailureMode::Deny
+        );
+        assert_eq!(
+            compile(raw(), false, false).unwrap().on_error,
+            FailureMode::Allow
         );
     }
 

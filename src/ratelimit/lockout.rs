@@ -8,10 +8,18 @@
 //! `capacity` is the number of failures allowed; `refill` sets how long the lock lasts:
 //! one token comes back every `period / tokens`, and one token is enough to try again.
 //! The buckets are the ordinary shared buckets (`shared::acquire`): exact across workers.
+//!
+//! A lockout with a `global` block counts in the rate limit service instead, so a key is
+//! locked on every Envoy (`global_calls`): before the credential counts, a check without
+//! counting (descriptor `hits_addend` 0) reads whether the key's counter is empty; a
+//! refused credential charges it instead (`hits_addend` = cost). The request waits for the
+//! answer either way, so a locked key gets 429 `locked_out` whatever it presented, and a
+//! valid credential is not told apart from an invalid one while the key is locked.
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::global::{self, CallKind, GlobalCall};
 use super::{acquire, headers, key, Acquire};
 use crate::engine::RequestHead;
 use crate::policy::{KeyPart, Limit, Policy, Route};
@@ -33,12 +41,58 @@ pub fn is_auth_failure(d: &Denial) -> bool {
     d.status == 401 && d.reason != "missing_credentials"
 }
 
+/// The route's local lockouts (buckets in this Envoy).
 fn lockouts<'a>(policy: &'a Policy, route: &'a Route) -> impl Iterator<Item = &'a Limit> {
     route
         .limits
         .iter()
         .filter_map(|&i| policy.limits.get(i))
-        .filter(|l| l.count == Count::AuthFailures)
+        .filter(|l| l.count == Count::AuthFailures && l.global.is_none())
+}
+
+/// The rate limit service calls for the route's global lockouts: `LockoutPeek` before a
+/// verdict on the credential, `LockoutCharge` after an `is_auth_failure` refusal.
+pub fn global_calls(
+    policy: &Policy,
+    route: &Route,
+    req: &RequestHead,
+    kind: CallKind,
+) -> Vec<GlobalCall> {
+    let mut calls = Vec::new();
+    for &li in &route.limits {
+        let Some((limit, spec)) = policy
+            .limits
+            .get(li)
+            .filter(|l| l.count == Count::AuthFailures)
+            .and_then(|l| l.global.as_ref().map(|g| (l, g)))
+        else {
+            continue;
+        };
+        let cost = limit.cost(req.method);
+        if cost == 0 {
+            continue; // a method the lockout does not count
+        }
+        let parts = limit
+            .key
+            .iter()
+            .filter_map(|part| match part {
+                KeyPart::ClientIp { trusted_hops } => {
+                    Some(("client_ip".to_string(), req.client_ip(*trusted_hops)))
+                }
+                KeyPart::Header(h) => Some((
+                    format!("header.{h}"),
+                    req.joined_header(h).unwrap_or_default(),
+                )),
+                KeyPart::Route => Some(("route".to_string(), route.name.clone())),
+                KeyPart::Constant(c) => Some(("constant".to_string(), c.clone())),
+                // Refused by the policy compiler: a failed request has no verified claims.
+                KeyPart::Claim(_) => None,
+            })
+            .collect();
+        let descriptor = global::descriptor(&limit.spec.name, parts);
+        calls.push(global::lockout_call(li, spec, descriptor, kind, cost));
+    }
+    calls
 }
 
 /// The bucket key of a lockout limit: the parts a request without a verified identity has.
@@ -138,6 +192,9 @@ mod tests {
     use crate::engine::{Decision, Engine, Metrics, Verdict};
     use crate::host::fake::{FakeClock, FakeStore};
     use crate::policy::Policy;
+    use crate::ratelimit::global::CallKind;
+    use crate::rls_proto::RateLimitRequest;
+    use prost::Message;
     use serde_json::json;
     use std::rc::Rc;
 
@@ -235,17 +292,82 @@ mod tests {
     }
 
     #[test]
-    fn policy_refuses_global_or_claim_keyed_lockouts() {
+    fn policy_refuses_claim_keyed_lockouts() {
         let bad = json!({
             "limits": [
-                {"name": "a", "count": "auth_failures", "key": [{"constant": "x"}],
-                 "global": {"cluster": "rls", "domain": "d"}},
-                {"name": "b", "count": "auth_failures", "capacity": 1, "key": [{"claim": "sub"}]}
+                {"name": "b", "count": "auth_failures", "capacity": 1, "key": [{"claim": "sub"}]},
+                {"name": "g", "count": "auth_failures", "key": [{"claim": "sub"}],
+                 "global": {"cluster": "rls", "domain": "d"}}
             ],
             "routes": []
         });
         let errors = format!("{:?}", Policy::try_from(bad).err().unwrap());
-        assert!(errors.contains("limits[0].count"), "{errors}");
+        assert!(errors.contains("limits[0].key"), "{errors}");
         assert!(errors.contains("limits[1].key"), "{errors}");
+    }
+
+    fn global_engine() -> Engine {
+        let policy = json!({
+            "api_keys": [{"name": "keys", "keys": [{"client_id": "alice", "sha256": GOOD_SHA256}]}],
+            "limits": [{"name": "guess", "count": "auth_failures",
+                        "key": [{"client_ip": {"trusted_hops": 0}}, {"constant": "c"}],
+                        "global": {"cluster": "rls", "domain": "apiguard"}}],
+            "routes": [{"name": "api", "match": {"prefix": "/"}, "providers": ["keys"],
+                        "limits": ["guess"]}]
+        });
+        Engine::new(Rc::new(
+            Policy::try_from(policy).unwrap_or_else(|e| panic!("{e:?}")),
+        ))
+    }
+
+    /// (kind, descriptor hits, entries) of the decision's one call.
+    fn one_call(d: &Decision) -> (CallKind, Option<u64>, Vec<(String, String)>) {
+        assert_eq!(d.global.len(), 1, "{:?}", d.global);
+        let call = &d.global[0];
+        let req = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+        assert_eq!((req.domain.as_str(), req.hits_addend), ("apiguard", 1));
+        let desc = &req.descriptors[0];
+        let entries = desc
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        (call.kind, desc.hits_addend, entries)
+    }
+
+    #[test]
+    fn global_lockout_peeks_before_any_verdict_and_charges_refused_credentials() {
+        let (mut e, store, clock) = (
+            global_engine(),
+            FakeStore::default(),
+            FakeClock::at_secs(1_700_000_000),
+        );
+        let ip = "10.0.0.9:1000";
+        let want_entries = vec![
+            ("limit".to_string(), "guess".to_string()),
+            ("client_ip".to_string(), "10.0.0.9".to_string()),
+            ("constant".to_string(), "c".to_string()),
+        ];
+        // A refused credential: the 401 is decided, and the failure is charged (hits 1).
+        for _ in 0..5 {
+            let d = go(&mut e, &store, &clock, ip, Some("guess"));
+            assert_eq!(reason(&d), "invalid_api_key");
+            assert_eq!(
+                one_call(&d),
+                (CallKind::LockoutCharge, Some(1), want_entries.clone())
+            );
+        }
+        // Never a local bucket: nothing was written to shared data.
+        assert!(store.map.borrow().is_empty());
+        // A valid key and a missing one: only a check without counting (hits 0).
+        let d = go(&mut e, &store, &clock, ip, Some("good-key"));
+        assert_eq!(reason(&d), "allowed");
+        assert_eq!(
+            one_call(&d),
+            (CallKind::LockoutPeek, Some(0), want_entries.clone())
+        );
+        let d = go(&mut e, &store, &clock, ip, None);
+        assert_eq!(reason(&d), "missing_credentials");
+        assert_eq!(one_call(&d).0, CallKind::LockoutPeek);
     }
 }

@@ -37,7 +37,8 @@ fn compile_limit(mut rl: RawLimit, path: &str, errors: &mut ConfigErrors) -> Opt
     let local_fields = rl.capacity.is_some() || rl.refill.is_some();
     let refill = compile_refill(rl.refill.as_ref(), path, errors);
     let global = rl.global.take().and_then(|g| {
-        let compiled = crate::ratelimit::global::compile(g, local_fields);
+        let lockout = count == Count::AuthFailures;
+        let compiled = crate::ratelimit::global::compile(g, local_fields, lockout);
         for (field, msg) in compiled.as_ref().err().into_iter().flatten() {
             errors.push(format!("{path}.{field}"), msg.clone());
         }
@@ -66,14 +67,8 @@ fn compile_limit(mut rl: RawLimit, path: &str, errors: &mut ConfigErrors) -> Opt
     })
 }
 
-/// A lockout counts refused credentials locally: no rate limit service, no claims.
+/// A lockout counts refused credentials, which carry no verified claims.
 fn check_lockout(rl: &RawLimit, path: &str, errors: &mut ConfigErrors) {
-    if rl.global.is_some() {
-        errors.push(
-            format!("{path}.count"),
-            "a lockout (`count: auth_failures`) is local: the rate limit service protocol cannot read a bucket without charging it",
-        );
-    }
     if rl.key.iter().any(|p| p.claim.is_some()) {
         errors.push(
             format!("{path}.key"),
