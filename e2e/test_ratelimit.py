@@ -55,6 +55,8 @@ def policy(keys):
             _limit("cost", 10, CONST, cost={"default": 1, "methods": {"POST": 5}}),
             _limit("tight", 2, [{"header": "x-tenant"}], refill=HOUR),
             _limit("loose", 100, [{"header": "x-tenant"}], refill=HOUR),
+            # far from empty for its first 172 takes: workers lease tokens (ratelimit::lease)
+            _limit("leased", 300, CONST, refill=HOUR),
         ],
         "routes": [
             {"name": "exact", "match": {"prefix": "/exact"}, "public": True, "limits": ["burst50"]},
@@ -70,6 +72,7 @@ def policy(keys):
             {"name": "cost", "match": {"prefix": "/cost"}, "public": True, "limits": ["cost"]},
             {"name": "two", "match": {"prefix": "/two"}, "public": True, "limits": ["loose", "tight"]},
             {"name": "open", "match": {"prefix": "/open"}, "public": True},
+            {"name": "leased", "match": {"prefix": "/leased"}, "public": True, "limits": ["leased"]},
         ],
     }
 
@@ -195,6 +198,20 @@ def test_exactly_capacity_admitted_under_concurrency(envoy, echo):
     assert envoy.stat("apiguard.ratelimit.burst50.limited") == 150
     # no refill: it stays exhausted
     limited(envoy.get("/exact/x"), "burst50")
+
+
+def test_leased_tokens_never_admit_more_than_capacity(envoy, echo):
+    """capacity 300: while more than 128 are left, each of the 4 workers takes small
+    leases (2-4 tokens) and spends them without touching shared data. The attack is a
+    concurrent burst hoping leases over-admit across workers: the upstream sees at most
+    300, and at most 4 records x 4 tokens fewer (leases still unspent at the end)."""
+    before = echo.count
+    statuses = concurrent_statuses(envoy.port, "GET", "/leased/x", n=400, workers=40)
+    c = Counter(statuses)
+    assert set(c) <= {200, 429}, c
+    assert 300 - 16 <= c[200] <= 300, c
+    assert echo.count - before == c[200]
+    assert envoy.stat("apiguard.ratelimit.leased.allowed") == c[200]
 
 
 def test_refill_admits_exactly_what_time_earned(envoy):

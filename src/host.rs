@@ -28,6 +28,11 @@ pub enum CasError {
 pub trait SharedStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError>;
+
+    /// This worker's token leases (`ratelimit::lease`); `None`: every take is a CAS.
+    fn leases(&self) -> Option<&crate::ratelimit::lease::Leases> {
+        None
+    }
 }
 
 /// The host's signature verification: Envoy's `verify_signature` foreign function

@@ -13,6 +13,7 @@ use crate::engine::{Metrics, Peer};
 use crate::headermap;
 use crate::host::{CasError, Clock, HostCrypto, SharedStore};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
+use crate::ratelimit::lease::Leases;
 
 pub(super) fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
@@ -146,6 +147,16 @@ impl SharedStore for HostStore {
             Err(_) => Err(CasError::Failed),
         }
     }
+
+    fn leases(&self) -> Option<&Leases> {
+        Some(VM_LEASES.with(|l| *l))
+    }
+}
+
+thread_local! {
+    /// This VM's token leases: every Envoy worker runs its own VM, so these are the
+    /// worker's (`ratelimit::lease`). Leaked once per VM, so the store can lend them out.
+    static VM_LEASES: &'static Leases = Box::leak(Box::default());
 }
 
 /// The host crypto of Envoy: BoringSSL through the `verify_signature` foreign function; remembers when the

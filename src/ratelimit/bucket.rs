@@ -47,6 +47,21 @@ impl Rate {
         u128::from(self.period_ms)
     }
 
+    /// Units in `tokens` tokens.
+    pub(crate) fn units_of(&self, tokens: u64) -> u128 {
+        u128::from(tokens).saturating_mul(self.unit())
+    }
+
+    /// Milliseconds until a bucket holding `tokens` whole tokens is full again (`u64::MAX`
+    /// when it never refills): a `reset_ms` for a bucket known only to the token.
+    pub fn reset_ms_from(&self, tokens: u64) -> u64 {
+        Bucket {
+            units: self.units_of(tokens),
+            last_ms: 0,
+        }
+        .reset_ms(self, 0)
+    }
+
     fn cap_units(&self) -> u128 {
         u128::from(self.capacity).saturating_mul(self.unit())
     }
@@ -95,7 +110,14 @@ impl Bucket {
     /// backwards adds nothing and leaves `last_ms` alone, so it can never mint tokens
     /// (moving `last_ms` back would pay for the same milliseconds twice).
     pub fn refill(&mut self, rate: &Rate, now_ms: u64) {
-        let cap = rate.cap_units();
+        self.refill_within(rate, now_ms, 0);
+    }
+
+    /// `refill` up to capacity minus `held` tokens: tokens leased out to workers
+    /// (`lease`) still count against the burst, so the bucket and the leases together
+    /// never hold more than capacity.
+    pub fn refill_within(&mut self, rate: &Rate, now_ms: u64, held: u64) {
+        let cap = rate.cap_units().saturating_sub(rate.units_of(held));
         if now_ms > self.last_ms {
             let elapsed = u128::from(now_ms.saturating_sub(self.last_ms));
             let earned = elapsed.saturating_mul(u128::from(rate.refill_tokens));
@@ -107,8 +129,13 @@ impl Bucket {
 
     /// Refills to `now_ms`, then takes `cost` tokens if they are all there.
     pub fn take(&mut self, rate: &Rate, cost: u64, now_ms: u64) -> Outcome {
-        self.refill(rate, now_ms);
-        let need = u128::from(cost).saturating_mul(rate.unit());
+        self.take_within(rate, cost, now_ms, 0)
+    }
+
+    /// `take` with `held` tokens leased out (see `refill_within`).
+    pub fn take_within(&mut self, rate: &Rate, cost: u64, now_ms: u64, held: u64) -> Outcome {
+        self.refill_within(rate, now_ms, held);
+        let need = rate.units_of(cost);
         let allowed = self.units >= need;
         let retry_after_ms = if allowed {
             self.units = self.units.saturating_sub(need);
@@ -128,6 +155,12 @@ impl Bucket {
             retry_after_ms,
             reset_ms: self.reset_ms(rate, now_ms),
         }
+    }
+
+    /// Puts back `tokens` a lease did not spend, up to capacity minus `held`.
+    pub fn give_back(&mut self, rate: &Rate, tokens: u64, held: u64) {
+        let cap = rate.cap_units().saturating_sub(rate.units_of(held));
+        self.units = self.units.saturating_add(rate.units_of(tokens)).min(cap);
     }
 
     /// Whole tokens in hand (as of the last refill).

@@ -2,6 +2,8 @@
 //!
 //! * `bucket`: exact token-bucket arithmetic (integer units, lazy refill, one 24-byte value).
 //! * `shared`: `acquire`, the CAS read-modify-write over a bounded slot table per limit.
+//! * `lease`: batches of tokens a worker spends without shared data while a bucket is far
+//!   from empty (exact near empty; bounds in its module doc).
 //! * `key`: bucket-key composition and the client address from `x-forwarded-for`.
 //! * `headers`: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //!
@@ -10,7 +12,13 @@
 //! get and set-with-CAS. A take is one read and one CAS write of a single slot value, so
 //! every successful write was computed from the latest state: takes are linearizable and
 //! a limit of N admits exactly N, however the workers interleave. A denial writes
-//! nothing (lazy refill is a pure function of the stored state and the time).
+//! nothing (lazy refill is a pure function of the stored state and the time), unless it
+//! settles a lease.
+//!
+//! **Leases** (`lease`): while a refilling bucket has 128 tokens or more left, a take may
+//! move a few more into a lease recorded in the slot, which the worker then spends without
+//! host calls. Bucket plus recorded leases never exceed capacity, so leases never admit
+//! more than the exact bucket; the under-admission bound is in `lease`'s module doc.
 //!
 //! **Creating a slot.** A write with no CAS overwrites, so two workers that both read an
 //! absent slot and write with `None` would each take from a "fresh" bucket and one take
@@ -63,6 +71,7 @@ pub mod global;
 mod hash;
 pub mod headers;
 pub mod key;
+pub mod lease;
 pub mod lockout;
 pub mod shared;
 
@@ -156,7 +165,7 @@ pub struct LimitSpec {
 }
 
 /// Bumped whenever the slot layout, hashing or probing changes, so old tables are ignored.
-const STORAGE_FORMAT: &[u8] = b"apiguard-rl-v1";
+const STORAGE_FORMAT: &[u8] = b"apiguard-rl-v2";
 
 impl LimitSpec {
     /// A limit with the default table size, retries and failure modes, hash computed.

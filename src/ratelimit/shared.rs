@@ -3,9 +3,11 @@
 //! See the parent module doc for why this is exact across workers and how memory stays
 //! bounded. Each attempt reads the key's probe window, decides, and writes at most one
 //! slot with a CAS; a `Mismatch` means another worker got there first, so we re-read.
+//! A worker holding a lease for the key (`lease`) pays from it without either.
 
 use super::bucket::{Bucket, Outcome, Rate, BUCKET_BYTES};
 use super::hash::siphash24;
+use super::lease::{self, Held, Record, Records, Spend, LEASE_MS, RECORDS_BYTES};
 use super::{FailureMode, LimitSpec, TableFullMode};
 use crate::host::{CasError, SharedStore};
 
@@ -14,8 +16,8 @@ pub const PROBES: u32 = 4;
 /// CAS sent with the first write of a slot (see the module doc, "Creating a slot").
 pub const CREATE_CAS: u32 = u32::MAX;
 
-const SLOT_VERSION: u8 = 1;
-const SLOT_BYTES: usize = 1 + 8 + BUCKET_BYTES;
+const SLOT_VERSION: u8 = 2;
+const SLOT_BYTES: usize = 1 + 8 + BUCKET_BYTES + RECORDS_BYTES;
 
 // Fixed SipHash keys (mixed with the config hash): every VM must map keys identically.
 const SLOT_K1: u64 = 0x736c_6f74_2d69_6478; // "slot-idx"
@@ -97,9 +99,26 @@ pub fn acquire<S: SharedStore + ?Sized>(
     now_ms: u64,
 ) -> Acquire {
     let kh = KeyHash::new(limit, key);
+    let leases = store.leases();
+    let mut intent = LeaseIntent::default();
+    if let Some(leases) = leases {
+        match leases.spend(limit.config_hash, kh.fingerprint, cost, now_ms) {
+            Spend::Spent { remaining } => {
+                return Acquire::Allowed {
+                    remaining,
+                    reset_ms: limit.rate().reset_ms_from(remaining),
+                    cas_retries: 0,
+                    shared_slot: false,
+                }
+            }
+            Spend::Settle(held) => intent.settle = Some(held),
+            Spend::None => {}
+        }
+        intent.grant = leases.has_room(now_ms);
+    }
     let mut retries = 0u32;
     loop {
-        match plan(store, limit, &kh, cost, now_ms) {
+        match plan_with(store, limit, &kh, cost, now_ms, &intent) {
             Plan::Done { outcome, shared } => {
                 return Acquire::from_outcome(outcome, retries, shared)
             }
@@ -110,7 +129,12 @@ pub fn acquire<S: SharedStore + ?Sized>(
                 }
             }
             Plan::Write(w) => match commit(store, &w) {
-                Ok(()) => return Acquire::from_outcome(w.outcome, retries, w.shared),
+                Ok(()) => {
+                    if let (Some(leases), Some(granted)) = (leases, w.lease) {
+                        leases.insert(granted);
+                    }
+                    return Acquire::from_outcome(w.outcome, retries, w.shared);
+                }
                 Err(CasError::Mismatch) if retries < limit.max_cas_retries => {
                     retries = retries.saturating_add(1);
                 }
@@ -172,6 +196,55 @@ pub(crate) struct Write {
     pub cas: u32,
     pub outcome: Outcome,
     pub shared: bool,
+    /// The lease this write grants, for the worker to keep once the CAS succeeds.
+    pub lease: Option<Held>,
+}
+
+/// What a take does with leases.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LeaseIntent {
+    /// The worker's lease of this key that can no longer pay: release it, give back the rest.
+    pub settle: Option<Held>,
+    /// The worker may hold one more lease.
+    pub grant: bool,
+}
+
+/// A slot's contents besides its key's fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct State {
+    pub bucket: Bucket,
+    pub records: Records,
+}
+
+impl State {
+    fn fresh(rate: &Rate, now_ms: u64) -> State {
+        State {
+            bucket: Bucket::full(rate, now_ms),
+            records: Records::default(),
+        }
+    }
+
+    /// Drops records whose holders stopped, then refills within what the others hold.
+    fn refill(&mut self, rate: &Rate, now_ms: u64) {
+        self.records.drop_stale(now_ms);
+        self.bucket.refill_within(rate, now_ms, self.records.held());
+    }
+
+    /// A full bucket nobody holds a lease on carries no state: any key may take the slot.
+    fn is_free(&self, rate: &Rate) -> bool {
+        self.records.is_empty() && self.bucket.is_full(rate)
+    }
+
+    /// Releases the holder's record and gives back what it did not spend; false when the
+    /// record is gone (dropped as stale: its tokens are lost, see `lease`).
+    fn settle(&mut self, rate: &Rate, held: &Held) -> bool {
+        if !self.records.release(held.index, held.record) {
+            return false;
+        }
+        self.bucket
+            .give_back(rate, held.unspent, self.records.held());
+        true
+    }
 }
 
 pub(crate) fn commit<S: SharedStore + ?Sized>(store: &S, w: &Write) -> Result<(), CasError> {
@@ -186,7 +259,7 @@ enum Slot {
     },
     Held {
         fingerprint: u64,
-        bucket: Bucket,
+        state: State,
         cas: u32,
     },
 }
@@ -196,40 +269,40 @@ fn read_slot<S: SharedStore + ?Sized>(store: &S, store_key: &str, rate: &Rate) -
         return Slot::Absent;
     };
     match decode_slot(&value, rate) {
-        Some((fingerprint, bucket)) => Slot::Held {
+        Some((fingerprint, state)) => Slot::Held {
             fingerprint,
-            bucket,
+            state,
             cas,
         },
         None => Slot::Unusable { cas },
     }
 }
 
-fn encode_slot(fingerprint: u64, bucket: &Bucket) -> [u8; SLOT_BYTES] {
+fn encode_slot(fingerprint: u64, state: &State) -> [u8; SLOT_BYTES] {
     let mut out = [0u8; SLOT_BYTES];
     let (version, rest) = out.split_at_mut(1);
-    let (fp, b) = rest.split_at_mut(8);
+    let (fp, rest) = rest.split_at_mut(8);
+    let (b, records) = rest.split_at_mut(BUCKET_BYTES);
     version.copy_from_slice(&[SLOT_VERSION]);
     fp.copy_from_slice(&fingerprint.to_le_bytes());
-    b.copy_from_slice(&bucket.encode());
+    b.copy_from_slice(&state.bucket.encode());
+    records.copy_from_slice(&state.records.encode());
     out
 }
 
-fn decode_slot(value: &[u8], rate: &Rate) -> Option<(u64, Bucket)> {
+fn decode_slot(value: &[u8], rate: &Rate) -> Option<(u64, State)> {
     if value.len() != SLOT_BYTES || value.first() != Some(&SLOT_VERSION) {
         return None;
     }
     let fp: [u8; 8] = value.get(1..9)?.try_into().ok()?;
-    let bucket = Bucket::decode(value.get(9..)?, rate)?;
-    Some((u64::from_le_bytes(fp), bucket))
+    let records_at = 9 + BUCKET_BYTES;
+    let bucket = Bucket::decode(value.get(9..records_at)?, rate)?;
+    let records = Records::decode(value.get(records_at..)?)?;
+    Some((u64::from_le_bytes(fp), State { bucket, records }))
 }
 
-/// Reads the probe window and decides which slot to charge.
-///
-/// Own slot first (wherever it is in the window), else the first free slot (absent,
-/// unusable, or full), else the table is full. The scan stops at an absent slot: slots
-/// are never deleted and a key is placed at the first free slot, so it cannot live
-/// beyond one that was never written.
+/// `plan_with` for a take that neither holds nor wants a lease (tests drive it step by step).
+#[cfg(test)]
 pub(crate) fn plan<S: SharedStore + ?Sized>(
     store: &S,
     limit: &LimitSpec,
@@ -237,10 +310,37 @@ pub(crate) fn plan<S: SharedStore + ?Sized>(
     cost: u64,
     now_ms: u64,
 ) -> Plan {
+    plan_with(store, limit, kh, cost, now_ms, &LeaseIntent::default())
+}
+
+/// The slot a take charges, as read.
+struct Target {
+    store_key: String,
+    fingerprint: u64,
+    state: State,
+    cas: u32,
+    /// Another key's bucket (`on_table_full: share`): never settles or grants a lease.
+    shared: bool,
+}
+
+/// Reads the probe window and decides which slot to charge.
+///
+/// Own slot first (wherever it is in the window), else the first free slot (absent,
+/// unusable, or full with no lease on it), else the table is full. The scan stops at an
+/// absent slot: slots are never deleted and a key is placed at the first free slot, so
+/// it cannot live beyond one that was never written.
+pub(crate) fn plan_with<S: SharedStore + ?Sized>(
+    store: &S,
+    limit: &LimitSpec,
+    kh: &KeyHash,
+    cost: u64,
+    now_ms: u64,
+    intent: &LeaseIntent,
+) -> Plan {
     let rate = limit.rate();
     let size = limit.table_size();
     let mut free: Option<(String, u32)> = None;
-    let mut live_other: Option<(String, u64, Bucket, u32)> = None;
+    let mut live_other: Option<Target> = None;
     for i in 0..PROBES.min(size) {
         let slot = u32::try_from(
             (u64::from(kh.home) + u64::from(i))
@@ -259,81 +359,135 @@ pub(crate) fn plan<S: SharedStore + ?Sized>(
             }
             Slot::Held {
                 fingerprint,
-                mut bucket,
+                mut state,
                 cas,
             } => {
-                bucket.refill(&rate, now_ms);
+                state.refill(&rate, now_ms);
+                let target = Target {
+                    store_key,
+                    fingerprint,
+                    state,
+                    cas,
+                    shared: false,
+                };
                 if fingerprint == kh.fingerprint {
-                    return charge(
-                        store_key,
-                        fingerprint,
-                        bucket,
-                        cas,
-                        &rate,
-                        cost,
-                        now_ms,
-                        false,
-                    );
+                    return charge(target, limit, cost, now_ms, intent);
                 }
-                if bucket.is_full(&rate) {
-                    free.get_or_insert((store_key, cas));
+                if target.state.is_free(&rate) {
+                    free.get_or_insert((target.store_key, cas));
                 } else if live_other.is_none() {
-                    live_other = Some((store_key, fingerprint, bucket, cas));
+                    live_other = Some(target);
                 }
             }
         }
     }
     if let Some((store_key, cas)) = free {
-        let fresh = Bucket::full(&rate, now_ms);
-        return charge(
+        let target = Target {
             store_key,
-            kh.fingerprint,
-            fresh,
+            fingerprint: kh.fingerprint,
+            state: State::fresh(&rate, now_ms),
             cas,
-            &rate,
-            cost,
-            now_ms,
-            false,
-        );
+            shared: false,
+        };
+        // A key's first take leases nothing: a record keeps its slot from being taken
+        // over for `LEASE_MS + GRACE_MS`, which a key seen once (a key spray) must not.
+        let first = LeaseIntent {
+            settle: None,
+            grant: false,
+        };
+        return charge(target, limit, cost, now_ms, &first);
     }
     match (limit.on_table_full, live_other) {
-        (TableFullMode::Share, Some((store_key, fingerprint, bucket, cas))) => {
-            // Keep the owner's fingerprint: we borrow its bucket, we don't take the slot.
-            charge(
-                store_key,
-                fingerprint,
-                bucket,
-                cas,
-                &rate,
-                cost,
-                now_ms,
-                true,
-            )
-        }
+        // Keep the owner's fingerprint: we borrow its bucket, we don't take the slot.
+        (TableFullMode::Share, Some(target)) => charge(
+            Target {
+                shared: true,
+                ..target
+            },
+            limit,
+            cost,
+            now_ms,
+            intent,
+        ),
         _ => Plan::TableFull,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn charge(
-    store_key: String,
-    fingerprint: u64,
-    mut bucket: Bucket,
-    cas: u32,
-    rate: &Rate,
-    cost: u64,
-    now_ms: u64,
-    shared: bool,
-) -> Plan {
-    let outcome = bucket.take(rate, cost, now_ms);
-    if !outcome.allowed || cost == 0 {
-        return Plan::Done { outcome, shared };
+/// Settles the worker's old lease, takes `cost`, and grants a new lease when the bucket
+/// is far from empty (`lease::size`). Writes when something changed.
+fn charge(t: Target, limit: &LimitSpec, cost: u64, now_ms: u64, intent: &LeaseIntent) -> Plan {
+    let rate = limit.rate();
+    let mut state = t.state;
+    let settled = match &intent.settle {
+        Some(held) if !t.shared && held.fingerprint == t.fingerprint => state.settle(&rate, held),
+        _ => false,
+    };
+    let outcome = state
+        .bucket
+        .take_within(&rate, cost, now_ms, state.records.held());
+    let lease = if outcome.allowed && intent.grant && !t.shared {
+        grant(
+            &mut state,
+            limit,
+            cost,
+            outcome.remaining,
+            now_ms,
+            t.fingerprint,
+        )
+    } else {
+        None
+    };
+    let took = outcome.allowed && cost > 0;
+    if !(took || settled || lease.is_some()) {
+        return Plan::Done {
+            outcome,
+            shared: t.shared,
+        };
     }
     Plan::Write(Write {
-        store_key,
-        value: encode_slot(fingerprint, &bucket),
-        cas,
+        store_key: t.store_key,
+        value: encode_slot(t.fingerprint, &state),
+        cas: t.cas,
         outcome,
-        shared,
+        shared: t.shared,
+        lease,
+    })
+}
+
+/// Moves a lease's tokens from the bucket into a record, if the bucket is far enough from
+/// empty and a record is free; the lease as the worker will hold it.
+fn grant(
+    state: &mut State,
+    limit: &LimitSpec,
+    cost: u64,
+    remaining: u64,
+    now_ms: u64,
+    fingerprint: u64,
+) -> Option<Held> {
+    let tokens = lease::size(limit, cost, remaining);
+    if tokens == 0 {
+        return None;
+    }
+    let record = Record {
+        tokens,
+        until_ms: now_ms.saturating_add(LEASE_MS),
+    };
+    let mut next = *state;
+    let taken = next
+        .bucket
+        .take_within(&limit.rate(), tokens, now_ms, next.records.held());
+    if !taken.allowed {
+        return None;
+    }
+    let index = next.records.grant(record)?;
+    *state = next;
+    Some(Held {
+        config_hash: limit.config_hash,
+        fingerprint,
+        index,
+        record,
+        granted_ms: now_ms,
+        unspent: tokens,
+        bucket_left: taken.remaining,
     })
 }
