@@ -80,6 +80,37 @@ def test_deny_line_names_route_reason_request_id_and_never_the_token(envoy_facto
         assert secret not in log
 
 
+def test_body_phase_denial_is_logged_with_the_principal_the_headers_authenticated(envoy_factory, key):
+    """A token that authenticates, then a body that fails validation: the refusal comes
+    from the body phase, and its line still names who sent it (never the token)."""
+    p = policy(key)
+    p["routes"] = [{
+        "name": "orders", "match": {"path": "/orders", "methods": ["POST"]}, "providers": ["demo"],
+        "validate": {"body": {"max_bytes": 4096, "schema": {
+            "type": "object", "properties": {"qty": {"type": "integer"}}, "required": ["qty"]}}},
+    }]
+    e = envoy_factory.make(p)
+    good = tokens.mint("ES256", key, tokens.claims(ISS, sub="bob"))
+    headers = {"authorization": f"Bearer {good}", "content-type": "application/json",
+               "x-request-id": "obs-body-1"}
+    problem(e.request("POST", "/orders", headers, body=b'{"qty": "many"}'), 400, "invalid_body")
+    assert wait_for(lambda: any(d.get("request_id") == "obs-body-1" for d in deny_lines(e.log_text())))
+    line = next(d for d in deny_lines(e.log_text()) if d.get("request_id") == "obs-body-1")
+    assert line == {
+        "apiguard": "deny",
+        "status": 400,
+        "reason": "invalid_body",
+        "route": "orders",
+        "rule": None,
+        "principal": "bob",
+        "request_id": "obs-body-1",
+    }
+    assert good not in e.log_text()
+    assert e.request("POST", "/orders", headers, body=b'{"qty": 2}').status == 200
+    assert e.wait_stat("apiguard.denied.invalid_body", 1) == 1
+    assert e.wait_stat("apiguard.allowed", 1) == 1
+
+
 def test_deny_log_can_be_turned_off(envoy_factory, key):
     e = envoy_factory.make(policy(key, deny_log="off"))
     problem(e.get("/items/1", headers={"x-request-id": "obs-off"}), 401, "missing_credentials")

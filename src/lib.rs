@@ -5,6 +5,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod body_phase;
 pub mod cors;
 pub mod credentials;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod jwt;
 /// OpenAPI import for the CLI: native only, never in the Wasm module.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod openapi;
+pub mod outcome;
 pub mod percent;
 pub mod policy;
 pub mod problem;

@@ -603,8 +603,8 @@ pub fn engine_allows(data: &[u8]) -> bool {
             if let (Some(check), Some(body)) = (d.body, body) {
                 let bytes = body.as_bytes();
                 let seen = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-                let _ = engine.on_body_progress(&check, seen, &mut NoMetrics);
-                if let Err(denial) = engine.on_body_end(&check, bytes, seen, &mut NoMetrics) {
+                let _ = engine.on_body_progress(&check, seen);
+                if let Err(denial) = engine.on_body_end(&check, bytes, seen) {
                     assert!((400..600).contains(&denial.status), "{denial:?}");
                 }
             }

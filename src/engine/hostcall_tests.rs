@@ -86,12 +86,17 @@ fn count(
     }
     let clock = CountingClock(&calls, FakeClock::at_secs(1_700_000_100));
     let counting_store = CountingStore(&calls, store);
+    let mut metrics = CountingMetrics(&calls);
     let d = req
         .peer_addr("10.0.0.1:5555")
         .clock(&clock)
         .store(&counting_store)
-        .send(e, &mut CountingMetrics(&calls));
+        .send(e, &mut metrics);
     assert!(matches!(d.verdict, Verdict::Allow(_)), "{path}");
+    // The glue then counts the finished request (one counter).
+    if let Some(finished) = crate::outcome::after_headers(&d) {
+        metrics.incr(&crate::outcome::counter(finished));
+    }
     (
         calls.clock.get(),
         calls.get.get(),

@@ -156,49 +156,30 @@ impl Engine {
     }
 
     /// Checks the body size seen so far (`Limit` and `Buffer` plans), before the end.
-    pub fn on_body_progress(
-        &self,
-        check: &BodyCheck,
-        seen: u64,
-        metrics: &mut dyn Metrics,
-    ) -> Result<(), Box<Denial>> {
+    pub fn on_body_progress(&self, check: &BodyCheck, seen: u64) -> Result<(), Box<Denial>> {
         let Some(v) = self.validation_of(check) else {
             return Ok(());
         };
-        v.check_body_size(seen).map_err(|f| {
-            let d = validation_denial(&f);
-            metrics.incr(&format!("apiguard.denied.{}", d.reason));
-            Box::new(d)
-        })
+        v.check_body_size(seen)
+            .map_err(|f| Box::new(validation_denial(&f)))
     }
 
     /// Finishes a pending body check: the whole body for `Buffer`, its final size for `Limit`.
+    /// Counting the finished request is the caller's (`outcome::counter`).
     pub fn on_body_end(
         &self,
         check: &BodyCheck,
         body: &[u8],
         seen: u64,
-        metrics: &mut dyn Metrics,
     ) -> Result<(), Box<Denial>> {
         let Some(v) = self.validation_of(check) else {
-            metrics.incr("apiguard.allowed");
             return Ok(());
         };
         let result = match check.plan {
             BodyPlan::Buffer { .. } => v.check_body(body),
             _ => v.check_body_size(seen),
         };
-        match result {
-            Ok(()) => {
-                metrics.incr("apiguard.allowed");
-                Ok(())
-            }
-            Err(f) => {
-                let d = validation_denial(&f);
-                metrics.incr(&format!("apiguard.denied.{}", d.reason));
-                Err(Box::new(d))
-            }
-        }
+        result.map_err(|f| Box::new(validation_denial(&f)))
     }
 
     pub fn on_request_headers(
@@ -207,17 +188,9 @@ impl Engine {
         host: &Host,
         metrics: &mut dyn Metrics,
     ) -> Decision {
-        let decision = self.decide(req, host, metrics);
-        match &decision.verdict {
-            // A request whose body or global limits are still to be checked is counted
-            // when that is done.
-            Verdict::Allow(_) if decision.body.is_some() || !decision.global.is_empty() => {}
-            Verdict::Allow(_) => metrics.incr("apiguard.allowed"),
-            // A refusal held for a global lockout's answer is counted by the glue.
-            Verdict::Deny(_) if !decision.global.is_empty() => {}
-            Verdict::Deny(d) => metrics.incr(&format!("apiguard.denied.{}", d.reason)),
-        }
-        decision
+        // The allowed / denied counter is the caller's, once the request is finished
+        // (`outcome::after_headers`, `outcome::counter`).
+        self.decide(req, host, metrics)
     }
 
     fn decide(&mut self, req: &RequestHead, host: &Host, metrics: &mut dyn Metrics) -> Decision {

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::hostcalls;
 use proxy_wasm::types::{Action, BufferType};
 
-use super::http::{log_denial, send_denial, Request};
+use super::http::Request;
 use crate::engine::Metrics;
+use crate::outcome::Finished;
 use crate::problem::Denial;
 use crate::ratelimit::global::{self, CallKind, GlobalCall, Reply, Verdict};
 use crate::rls_proto;
@@ -25,8 +26,6 @@ pub(super) struct Pending {
     /// them locks the key or fails closed), with the rule that refused, for the log.
     held: Option<(Denial, Option<String>)>,
     headers: Vec<(String, String)>,
-    /// Kept for the denial log.
-    principal: Option<String>,
     /// The body ended while the calls were in flight (only with `hold_headers_for_body`,
     /// where Envoy keeps delivering the body to a paused request).
     pub(super) body_ended: bool,
@@ -40,12 +39,10 @@ impl Request {
     pub(super) fn start_global(
         &mut self,
         calls: Vec<GlobalCall>,
-        principal: Option<String>,
         hold: bool,
         held: Option<(Denial, Option<String>)>,
     ) -> Action {
         let mut pending = Pending {
-            principal,
             hold,
             held,
             ..Pending::default()
@@ -145,22 +142,8 @@ impl Request {
             (None, held) => held,
         };
         if let Some((denial, rule)) = denial {
-            worker
-                .metrics
-                .borrow_mut()
-                .incr(&format!("apiguard.denied.{}", denial.reason));
-            self.body = None;
-            self.response_headers.clear();
-            log_denial(
-                worker.engine.borrow().policy().deny_log,
-                &denial,
-                self.route.as_deref(),
-                rule.as_deref(),
-                pending.principal.as_deref(),
-                self.request_id.as_deref(),
-            );
-            send_denial(&denial, self.request_id.as_deref(), self.grpc);
-            return Action::Pause;
+            self.trail.rule = rule;
+            return self.deny(&denial);
         }
         let policy_wants_headers = worker.engine.borrow().policy().ratelimit_headers_on_allow;
         // The local limits' headers, when present, came first and stay.
@@ -168,15 +151,11 @@ impl Request {
             self.response_headers = pending.headers;
         }
         if self.body.is_none() {
-            worker.metrics.borrow_mut().incr("apiguard.allowed");
+            self.finish(Finished::Allowed);
             return Action::Continue;
         }
         if pending.body_ended {
-            let size = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
-                .ok()
-                .flatten()
-                .map_or(0, |b| b.len());
-            return proxy_wasm::traits::HttpContext::on_http_request_body(self, size, true);
+            return self.held_body_end();
         }
         if pending.hold {
             return Action::Pause;

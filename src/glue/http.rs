@@ -11,22 +11,20 @@ use super::global;
 use super::host::{log, request_header_map, send_local_response, HostClock, HostPeer, HostStore};
 use super::hostcalls;
 use super::root::Worker;
-use crate::engine::{BodyCheck, Decision, Host, RequestHead, Verdict};
+use crate::body_phase::BodyPhase;
+use crate::engine::{Decision, Host, RequestHead, Verdict};
 use crate::grpc;
 use crate::headermap;
-use crate::host::Clock;
-use crate::policy::raw::RawLogLevel;
+use crate::host::{Clock, Metrics};
+use crate::outcome::{self, Finished, LocalReply, LogAt, Trail};
 use crate::problem::Denial;
-use crate::validate::BodyPlan;
 
 pub(super) struct Request {
     pub(super) worker: Option<Rc<Worker>>,
-    /// A body check still to do, and the body bytes already let through (`Limit` plan).
-    pub(super) body: Option<BodyCheck>,
-    streamed: u64,
-    /// Kept for a denial from the body phase.
-    pub(super) route: Option<String>,
-    pub(super) request_id: Option<String>,
+    /// A body check still to do.
+    pub(super) body: Option<BodyPhase>,
+    /// What the header phase knew, for the log line of a later denial.
+    pub(super) trail: Trail,
     /// Added to the response of an allowed request (`RateLimit` headers).
     pub(super) response_headers: Vec<(String, String)>,
     /// Rate limit service calls in flight (global limits).
@@ -40,9 +38,7 @@ impl Request {
         Request {
             worker,
             body: None,
-            streamed: 0,
-            route: None,
-            request_id: None,
+            trail: Trail::default(),
             response_headers: Vec::new(),
             global: None,
             grpc: false,
@@ -123,44 +119,27 @@ impl HttpContext for Request {
             pending.body_ended |= end_of_stream;
             return Action::Pause;
         }
-        let (Some(check), Some(worker)) = (self.body, self.worker.clone()) else {
+        let Some(phase) = self.body else {
             return Action::Continue;
         };
-        let buffering = matches!(check.plan, BodyPlan::Buffer { .. });
-        // While paused, `body_size` is everything buffered so far; after a Continue it is
-        // only the new chunk.
-        let seen = if buffering {
-            body_size as u64
-        } else {
-            self.streamed.saturating_add(body_size as u64)
-        };
-        let engine = worker.engine.borrow();
-        let mut metrics = worker.metrics.borrow_mut();
-        if !end_of_stream {
-            if let Err(d) = engine.on_body_progress(&check, seen, &mut *metrics) {
-                drop((engine, metrics));
-                return self.reject(*d);
-            }
-            if buffering {
-                return Action::Pause;
-            }
-            self.streamed = seen;
-            return Action::Continue;
+        if end_of_stream {
+            return self.body_end(phase, body_size);
         }
-        let bytes = if buffering {
-            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+        let seen = phase.seen(body_size);
+        let progress = self
+            .worker
+            .as_ref()
+            .map(|w| w.engine.borrow().on_body_progress(&phase.check, seen));
+        if let Some(Err(denial)) = progress {
+            return self.deny(&denial);
+        }
+        let mut phase = phase;
+        let hold = phase.hold_after_chunk(seen);
+        self.body = Some(phase);
+        if hold {
+            Action::Pause
         } else {
-            Vec::new()
-        };
-        let result = engine.on_body_end(&check, &bytes, seen, &mut *metrics);
-        drop((engine, metrics));
-        self.body = None;
-        match result {
-            Ok(()) => Action::Continue,
-            Err(d) => self.reject(*d),
+            Action::Continue
         }
     }
 
@@ -171,29 +150,10 @@ impl HttpContext for Request {
             pending.body_ended = true;
             return Action::Pause;
         }
-        let Some(check) = self.body else {
-            return Action::Continue;
-        };
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let seen = match check.plan {
-            BodyPlan::Buffer { .. } => body.len() as u64,
-            _ => self.streamed,
-        };
-        let Some(worker) = self.worker.clone() else {
-            return Action::Continue;
-        };
-        let result = {
-            let engine = worker.engine.borrow();
-            let mut metrics = worker.metrics.borrow_mut();
-            engine.on_body_end(&check, &body, seen, &mut *metrics)
-        };
-        self.body = None;
-        match result {
-            Ok(()) => Action::Continue,
-            Err(d) => self.reject(*d),
+        match self.body {
+            // No new bytes came with the trailers; a buffered body is read whole.
+            Some(phase) => self.body_end(phase, 0),
+            None => Action::Continue,
         }
     }
 
@@ -211,186 +171,157 @@ impl HttpContext for Request {
 }
 
 impl Request {
-    fn deny_log(&self) -> Option<RawLogLevel> {
-        self.worker
-            .as_ref()
-            .and_then(|w| w.engine.borrow().policy().deny_log)
-    }
-
-    /// Refuses the request from the body phase.
-    fn reject(&mut self, denial: Denial) -> Action {
+    /// The body ended (with its last chunk of `last_chunk` bytes, or with trailers):
+    /// the engine checks the whole buffered body, or the final size of a counted one.
+    fn body_end(&mut self, phase: BodyPhase, last_chunk: usize) -> Action {
         self.body = None;
-        self.response_headers.clear();
-        let (route, request_id) = (self.route.clone(), self.request_id.clone());
-        log_denial(
-            self.deny_log(),
-            &denial,
-            route.as_deref(),
-            None,
-            None,
-            request_id.as_deref(),
-        );
-        send_denial(&denial, request_id.as_deref(), self.grpc);
-        Action::Pause
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        let (bytes, seen) = if phase.buffering() {
+            let bytes = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let seen = bytes.len() as u64;
+            (bytes, seen)
+        } else {
+            (Vec::new(), phase.seen(last_chunk))
+        };
+        let result = worker
+            .engine
+            .borrow()
+            .on_body_end(&phase.check, &bytes, seen);
+        match result {
+            Ok(()) => {
+                self.finish(Finished::Allowed);
+                Action::Continue
+            }
+            Err(denial) => self.deny(&denial),
+        }
     }
 
+    /// The body ended while Envoy held all of it (global limits were pending): all of it
+    /// is the last chunk.
+    pub(super) fn held_body_end(&mut self) -> Action {
+        let Some(phase) = self.body else {
+            return Action::Continue;
+        };
+        let size = if phase.buffering() {
+            0 // `body_end` reads the buffer whole
+        } else {
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
+                .ok()
+                .flatten()
+                .map_or(0, |b| b.len())
+        };
+        self.body_end(phase, size)
+    }
+
+    /// Carries out the header phase's decision.
     fn apply(&mut self, mut decision: Decision, request_id: Option<&str>) -> Action {
-        self.response_headers = std::mem::take(&mut decision.response_headers);
-        self.body = decision.body;
-        let global = std::mem::take(&mut decision.global);
-        if self.body.is_some() || !global.is_empty() {
-            self.route = decision.route.clone();
-            self.request_id = request_id.map(str::to_string);
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        let policy = worker.engine.borrow().policy().clone();
+        // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
+        if policy.decision_record {
+            let record = outcome::decision_record(&decision);
+            let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
         }
+        let allowed_now = outcome::after_headers(&decision) == Some(Finished::Allowed);
+        if !allowed_now {
+            // A denial now or a later phase's: its log line needs what the header phase knew.
+            self.trail = Trail::take(&mut decision, request_id);
+        }
+        let mutations = match decision.verdict {
+            // A global lockout's answer comes first: the refusal waits for it.
+            Verdict::Deny(denial) if !decision.global.is_empty() => {
+                let held = Some((denial, self.trail.rule.take()));
+                return self.start_global(decision.global, false, held);
+            }
+            Verdict::Deny(denial) => return self.deny(&denial),
+            Verdict::Allow(m) => m,
+        };
+        for name in &mutations.remove_headers {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        for (name, value) in &mutations.set_headers {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        }
+        if let Some(path) = &mutations.new_path {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
+        }
+        self.response_headers = decision.response_headers;
+        self.body = decision.body.map(BodyPhase::new);
         // With `allow_on_headers_stop_iteration`, pausing here keeps the headers from the
         // upstream until the body passed; without it Envoy would stop body callbacks too,
         // so this is opt-in (`hold_headers_for_body`).
-        let hold = matches!(
-            decision.body,
-            Some(BodyCheck {
-                plan: BodyPlan::Buffer { .. },
-                ..
-            })
-        ) && self
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.engine.borrow().policy().hold_headers_for_body);
-        // The decision record for access logs: %FILTER_STATE(wasm.apiguard_decision:PLAIN)%.
-        if self
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.engine.borrow().policy().decision_record)
-        {
-            let record = decision_record(&decision);
-            let _ = hostcalls::set_property(vec!["apiguard_decision"], Some(record.as_bytes()));
+        let hold = self
+            .body
+            .is_some_and(|b| b.holds_headers(policy.hold_headers_for_body));
+        if !decision.global.is_empty() {
+            return self.start_global(decision.global, hold, None);
         }
-        match decision.verdict {
-            Verdict::Allow(m) => {
-                for name in &m.remove_headers {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-                }
-                for (name, value) in &m.set_headers {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-                }
-                if let Some(path) = &m.new_path {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
-                }
-                if !global.is_empty() {
-                    return self.start_global(global, decision.principal, hold, None);
-                }
-                if hold {
-                    Action::Pause
-                } else {
-                    Action::Continue
-                }
-            }
-            // A global lockout's answer comes first: the refusal waits for it.
-            Verdict::Deny(denial) if !global.is_empty() => {
-                self.body = None;
-                let held = Some((denial, decision.rule));
-                self.start_global(global, decision.principal, false, held)
-            }
-            Verdict::Deny(denial) => {
-                log_denial(
-                    self.deny_log(),
-                    &denial,
-                    decision.route.as_deref(),
-                    decision.rule.as_deref(),
-                    decision.principal.as_deref(),
-                    request_id,
-                );
-                send_denial(&denial, request_id, self.grpc);
-                Action::Pause
-            }
+        if allowed_now {
+            self.finish(Finished::Allowed);
         }
+        if hold {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// Refuses the request (from any phase) and accounts for it.
+    pub(super) fn deny(&mut self, denial: &Denial) -> Action {
+        self.finish(Finished::Denied(denial));
+        Action::Pause
+    }
+
+    /// The one place a request's end is accounted: its counter and, for a denial, the
+    /// deny-log line and the local reply.
+    pub(super) fn finish(&mut self, finished: Finished) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        worker
+            .metrics
+            .borrow_mut()
+            .incr(&outcome::counter(finished));
+        let Finished::Denied(denial) = finished else {
+            return;
+        };
+        self.body = None;
+        self.response_headers.clear();
+        let level = worker.engine.borrow().policy().deny_log;
+        if let Some((at, line)) = outcome::deny_log(level, &self.trail, denial) {
+            log(log_level(at), &line);
+        }
+        let reply = outcome::local_reply(denial, self.trail.request_id.as_deref(), self.grpc);
+        send_reply(&reply);
     }
 }
 
-/// One structured line per denied request: never the credential.
-pub(super) fn log_denial(
-    level: Option<RawLogLevel>,
-    denial: &Denial,
-    route: Option<&str>,
-    rule: Option<&str>,
-    principal: Option<&str>,
-    request_id: Option<&str>,
-) {
-    let level = match level {
-        None | Some(RawLogLevel::Off) => return,
-        Some(RawLogLevel::Debug) => LogLevel::Debug,
-        Some(RawLogLevel::Info) => LogLevel::Info,
-        Some(RawLogLevel::Warn) => LogLevel::Warn,
-    };
-    log(
-        level,
-        &serde_json::json!({
-            "apiguard": "deny",
-            "status": denial.status,
-            "reason": denial.reason,
-            "route": route,
-            "rule": rule,
-            "principal": principal,
-            "request_id": request_id,
-        })
-        .to_string(),
-    );
-}
-
-pub(super) fn send_denial(denial: &Denial, request_id: Option<&str>, grpc: bool) {
-    if grpc {
-        let reply = grpc::reply(denial);
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        send_local_response(200, &headers, b"", reply.grpc_status);
-        return;
+fn log_level(at: LogAt) -> LogLevel {
+    match at {
+        LogAt::Debug => LogLevel::Debug,
+        LogAt::Info => LogLevel::Info,
+        LogAt::Warn => LogLevel::Warn,
     }
-    let headers = denial.response_headers();
-    let body = denial.body(request_id);
-    let _ = hostcalls::send_http_response(
-        u32::from(denial.status),
-        headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
-        Some(body.as_bytes()),
-    );
 }
 
-/// `decision=allow|deny|audit-deny route=.. rule=.. reason=.. principal=..` (`-` when empty).
-fn decision_record(d: &Decision) -> String {
-    let (verdict, reason) = match &d.verdict {
-        Verdict::Allow(_) if !d.audit_denied.is_empty() => ("audit-deny", "-"),
-        Verdict::Allow(_) => ("allow", "-"),
-        Verdict::Deny(denial) => ("deny", denial.reason),
-    };
-    let rule = d
-        .rule
-        .clone()
-        .or_else(|| (!d.audit_denied.is_empty()).then(|| d.audit_denied.join(",")));
-    let clean = |s: Option<&str>| {
-        s.filter(|v| !v.is_empty())
-            .map(|v| {
-                v.chars()
-                    .map(|c| {
-                        if c.is_whitespace() || c.is_control() {
-                            '_'
-                        } else {
-                            c
-                        }
-                    })
-                    .collect::<String>()
-            })
-            .unwrap_or_else(|| "-".to_string())
-    };
-    format!(
-        "decision={verdict} route={} rule={} reason={reason} principal={}",
-        clean(d.route.as_deref()),
-        clean(rule.as_deref()),
-        clean(d.principal.as_deref()),
-    )
+fn send_reply(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match reply.grpc_status {
+        Some(grpc_status) => send_local_response(reply.status, &headers, b"", grpc_status),
+        None => {
+            let body = Some(reply.body.as_bytes());
+            let _ = hostcalls::send_http_response(reply.status, headers, body);
+        }
+    }
 }
