@@ -15,6 +15,7 @@
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::policy::raw::RawMatch;
+use crate::policy::ConfigErrors;
 use crate::problem::Denial;
 use crate::routes::PathMatch;
 use crate::validate::RawValidate;
@@ -167,20 +168,22 @@ pub fn route_path(service: &str, method: Option<&str>) -> Result<PathMatch, Stri
 }
 
 /// Checks a route whose `match` has `grpc`: the names, nothing HTTP-only beside them, and
-/// no JSON body rules. Errors are (path below the route, message).
+/// no JSON body rules. `path` is the route's JSON path (`routes[2]`).
 pub fn compile_match(
     m: &RawMatch,
     validate: Option<&RawValidate>,
-) -> Result<PathMatch, Vec<(&'static str, String)>> {
-    let mut errors = Vec::new();
+    path: &str,
+) -> Result<PathMatch, ConfigErrors> {
+    let mut errors = ConfigErrors::new();
     let Some(g) = &m.grpc else {
-        return Err(vec![(".match.grpc", "missing".to_string())]);
+        errors.push(format!("{path}.match.grpc"), "missing");
+        return Err(errors);
     };
     if m.path.is_some() || m.prefix.is_some() || m.methods.is_some() {
-        errors.push((
-            ".match",
-            "`grpc` names the call by service and method; it cannot be combined with `path`, `prefix` or `methods` (gRPC calls are POST /package.Service/Method)".to_string(),
-        ));
+        errors.push(
+            format!("{path}.match"),
+            "`grpc` names the call by service and method; it cannot be combined with `path`, `prefix` or `methods` (gRPC calls are POST /package.Service/Method)",
+        );
     }
     let body = validate.and_then(|v| v.body.as_ref());
     let json_only = |b: &crate::validate::RawBody| {
@@ -191,27 +194,30 @@ pub fn compile_match(
             || b.format_assertion
     };
     if body.is_some_and(json_only) {
-        errors.push((
-            ".validate.body",
-            "a gRPC route carries protobuf messages, not JSON: `schema`, `max_depth`, `content_types`, `allow_case_variant_keys` and `format_assertion` do not apply (only `max_bytes` does; protobuf message validation is not supported)".to_string(),
-        ));
+        errors.push(
+            format!("{path}.validate.body"),
+            "a gRPC route carries protobuf messages, not JSON: `schema`, `max_depth`, `content_types`, `allow_case_variant_keys` and `format_assertion` do not apply (only `max_bytes` does; protobuf message validation is not supported)",
+        );
     }
     if !is_full_name(&g.service) {
-        errors.push((
-            ".match.grpc.service",
+        errors.push(
+            format!("{path}.match.grpc.service"),
             format!("`{}` is not a gRPC service name (`package.Service`: dot-separated identifiers of letters, digits and `_`)", g.service),
-        ));
+        );
     }
     if let Some(method) = g.method.as_deref().filter(|m| !is_identifier(m)) {
-        errors.push((
-            ".match.grpc.method",
+        errors.push(
+            format!("{path}.match.grpc.method"),
             format!("`{method}` is not a gRPC method name (an identifier: letters, digits and `_`, not starting with a digit)"),
-        ));
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    route_path(&g.service, g.method.as_deref()).map_err(|e| vec![(".match.grpc", e)])
+    route_path(&g.service, g.method.as_deref()).map_err(|e| {
+        errors.push(format!("{path}.match.grpc"), e);
+        errors
+    })
 }
 
 /// A limit's `cost.methods` key: an HTTP method (upper-cased) or a gRPC method

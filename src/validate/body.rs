@@ -750,6 +750,33 @@ fn describe(kind: &boon::ErrorKind) -> (&'static str, String) {
         ),
         K::UniqueItems { got: [i, j] } => ("uniqueItems", format!("items {i} and {j} are equal")),
         K::AdditionalItems { .. } => ("additionalItems", s("has more items than allowed")),
+        K::MinLength { .. }
+        | K::MaxLength { .. }
+        | K::Pattern { .. }
+        | K::ContentEncoding { .. }
+        | K::ContentMediaType { .. }
+        | K::Minimum { .. }
+        | K::Maximum { .. }
+        | K::ExclusiveMinimum { .. }
+        | K::ExclusiveMaximum { .. }
+        | K::MultipleOf { .. } => describe_scalar(kind),
+        K::Not => ("not", s("must not match the schema in `not`")),
+        K::AnyOf => ("anyOf", s("must match at least one schema in `anyOf`")),
+        K::OneOf(None) => (
+            "oneOf",
+            s("must match exactly one schema in `oneOf`, matches none"),
+        ),
+        K::OneOf(Some((i, j))) => (
+            "oneOf",
+            format!("must match exactly one schema in `oneOf`, matches {i} and {j}"),
+        ),
+    }
+}
+
+/// The string and number keywords of `describe`.
+fn describe_scalar(kind: &boon::ErrorKind) -> (&'static str, String) {
+    use boon::ErrorKind as K;
+    match kind {
         K::MinLength { want, .. } => (
             "minLength",
             format!("must be at least {want} characters long"),
@@ -769,15 +796,7 @@ fn describe(kind: &boon::ErrorKind) -> (&'static str, String) {
         K::ExclusiveMinimum { want, .. } => ("exclusiveMinimum", format!("must be > {want}")),
         K::ExclusiveMaximum { want, .. } => ("exclusiveMaximum", format!("must be < {want}")),
         K::MultipleOf { want, .. } => ("multipleOf", format!("must be a multiple of {want}")),
-        K::Not => ("not", s("must not match the schema in `not`")),
-        K::AnyOf => ("anyOf", s("must match at least one schema in `anyOf`")),
-        K::OneOf(None) => (
-            "oneOf",
-            s("must match exactly one schema in `oneOf`, matches none"),
-        ),
-        K::OneOf(Some((i, j))) => (
-            "oneOf",
-            format!("must match exactly one schema in `oneOf`, matches {i} and {j}"),
-        ),
+        // `describe` sends only the kinds above here.
+        _ => ("schema", "does not match the schema".to_string()),
     }
 }

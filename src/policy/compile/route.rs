@@ -111,13 +111,11 @@ fn compile_route(
 /// A path template, a prefix, or a gRPC service (whose `validate` it also checks).
 fn compile_matcher(rr: &RawRoute, path: &str, errors: &mut ConfigErrors) -> Option<PathMatch> {
     match &rr.matcher.grpc {
-        Some(_) => crate::grpc::compile_match(&rr.matcher, rr.validate.as_ref())
-            .map_err(|errs| {
-                for (below, e) in errs {
-                    errors.push(format!("{path}{below}"), e);
-                }
-            })
-            .ok(),
+        Some(_) => errors.take_ok(crate::grpc::compile_match(
+            &rr.matcher,
+            rr.validate.as_ref(),
+            path,
+        )),
         None => PathMatch::parse(rr.matcher.path.as_deref(), rr.matcher.prefix.as_deref())
             .map_err(|e| errors.push(format!("{path}.match"), e))
             .ok(),
