@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::authn::{self, Authentication, Keyring, Principal};
 use crate::authz::{self, granted_scopes};
 use crate::host::{Clock, HostCrypto, SharedStore};
-// The host traits lived here first: kept reachable under their old paths.
+// Moved to `authn` and `host`: kept reachable under their old paths.
 pub use crate::authn::{ProviderKeys, JWKS_RETRY_AFTER_SECS};
 pub use crate::host::{KnownPeer, Metrics, Peer};
 use crate::hygiene;

@@ -428,3 +428,6 @@ fn cert_claims(uri_san: Option<&str>, subject: Option<&str>) -> Map<String, Valu
     }
     claims
 }
+
+#[cfg(test)]
+mod tests;
