@@ -19,10 +19,11 @@ RUST_SRC    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 export APIGUARD_GIT_REVISION := $(GIT_REV)
 
-.PHONY: help deps wasm cli run test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis openapi-github openapi-long openapi-bench
+.PHONY: help deps wasm cli run run-global test unit unit-wasm e2e lint fmt bench fuzz soak clean envoy-config openapi-policy rls redis openapi-github openapi-long openapi-bench
 
 help:
 	@echo "make run     build and start Envoy with apiguard and the demo policy on 127.0.0.1:10000"
+	@echo "make run-global  the same plus Redis and apiguard-rls: the demo's global limit on /quota"
 	@echo "make test    host unit tests + end-to-end tests against real Envoy"
 	@echo "make lint    cargo fmt --check + clippy (host and wasm32) with -D warnings"
 
@@ -98,6 +99,10 @@ openapi-bench: $(GITHUB_SPEC)
 # --- run ------------------------------------------------------------------------------
 run: deps $(WASM) $(CLI)
 	@scripts/run-demo.sh
+
+# The same demo plus Redis and apiguard-rls, so the policy's global limit (/quota) answers.
+run-global: deps $(WASM) $(CLI) $(RLS)
+	@APIGUARD_GLOBAL=1 APIGUARD_RLS=$(abspath $(RLS)) scripts/run-demo.sh
 
 # --- tests ----------------------------------------------------------------------------
 unit:

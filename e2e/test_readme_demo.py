@@ -117,7 +117,7 @@ def test_readme_429_after_20_quick_requests(demo, demo_tokens):
     e, policy = demo
     answer = readme_row("25 quick `GET /items` with the reader's token")
     assert answer.startswith("20 × 200, then 429"), answer
-    (limit,) = policy["limits"]
+    limit = next(lim for lim in policy["limits"] if lim["name"] == "per-client")
     assert limit["capacity"] == 20
     # The reader's bucket is fresh: no other test spends `demo-user` on a limited route.
     start = time.monotonic()
@@ -134,3 +134,45 @@ def test_readme_429_after_20_quick_requests(demo, demo_tokens):
         assert limited.header(h), (h, limited)
     assert 1 <= int(limited.header("retry-after")) <= 3, limited
     assert answers[0].header("ratelimit") and answers[0].header("ratelimit-policy"), answers[0]
+
+
+@pytest.fixture(scope="module")
+def demo_global(module_envoy_factory, tmp_path_factory):
+    """`make run-global`: the demo policy, Redis and apiguard-rls with envoy/demo/rls.yaml,
+    reached through the `ratelimit` cluster as envoy/envoy.yaml declares it."""
+    from harness.rls import Redis, Rls, grpc_cluster
+
+    d = tmp_path_factory.mktemp("demo-rls")
+    redis = Redis(d).start()
+    rls = Rls(d, (REPO / "envoy" / "demo" / "rls.yaml").read_text(), redis).start()
+    policy = yaml.safe_load((REPO / "envoy" / "demo" / "policy.yaml").read_text())
+    yield module_envoy_factory.make(policy, clusters=[grpc_cluster("ratelimit", rls.port)])
+    rls.stop()
+    redis.stop()
+
+
+def test_readme_global_limit_429_after_10(demo_global):
+    """README: 12 quick GET /quota under `make run-global` give 10 x 200, then 429."""
+    answer = readme_row("12 quick `GET /quota` under `make run-global`")
+    assert answer.startswith("10 × 200, then 429"), answer
+    # The fixed minute window must not roll over mid-run (the service's windows).
+    if time.time() % 60 > 50:
+        time.sleep(60 - time.time() % 60 + 0.5)
+    answers = [demo_global.get("/quota") for _ in range(12)]
+    assert [r.status for r in answers] == [200] * 10 + [429] * 2, answers
+    assert answers[0].header("x-echo") == "1", answers[0]
+    assert answers[0].header("ratelimit-policy") == '"global-quota";q=10;w=60', answers[0]
+    limited = answers[-1]
+    problem(limited, 429, "rate_limited")
+    assert 1 <= int(limited.header("retry-after")) <= 60, limited
+    assert limited.header("ratelimit").startswith('"global-quota";r=0;'), limited
+
+
+def test_readme_global_limit_without_the_service(demo):
+    """README: under plain `make run` no service runs: 503, the limit fails closed."""
+    answer = readme_row("`GET /quota` under plain `make run`")
+    assert answer.startswith("503 `ratelimit_unavailable`"), answer
+    e, _ = demo
+    r = e.get("/quota")
+    problem(r, 503, "ratelimit_unavailable")
+    assert r.header("retry-after") == "1", r

@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
 # Starts the demo upstream and Envoy with apiguard (envoy/envoy.yaml), then prints curl
 # commands that show an allowed request, a 401 and a 403. Ctrl-C stops both.
+# APIGUARD_GLOBAL=1 (`make run-global`) also starts Redis (127.0.0.1:16379) and apiguard-rls
+# (127.0.0.1:18081, envoy/demo/rls.yaml) for the policy's global limit on /quota.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
 ENVOY=${APIGUARD_ENVOY:-.venv/bin/envoy}
 CLI=${APIGUARD_CLI:-target/cli/apiguard}
 
-for port in 10000 9901 18080; do
+GLOBAL=${APIGUARD_GLOBAL:-}
+RLS=${APIGUARD_RLS:-rls/target/debug/apiguard-rls}
+PORTS="10000 9901 18080"
+if [ -n "$GLOBAL" ]; then PORTS="$PORTS 16379 18081"; fi
+
+for port in $PORTS; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use (another 'make run'?); stop it first" >&2
     exit 1
   fi
 done
 
+PIDS=""
+trap 'kill $PIDS 2>/dev/null || true' EXIT INT TERM
+if [ -n "$GLOBAL" ]; then
+  redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no --dir .run >.run/redis.log 2>&1 &
+  PIDS="$PIDS $!"
+  "$RLS" --config envoy/demo/rls.yaml --listen 127.0.0.1:18081 --redis redis://127.0.0.1:16379 >.run/rls.log 2>&1 &
+  RLS_PID=$!
+  PIDS="$PIDS $RLS_PID"
+  for _ in $(seq 1 100); do
+    if grep -q '^listening' .run/rls.log 2>/dev/null; then break; fi
+    if ! kill -0 $RLS_PID 2>/dev/null; then
+      echo "apiguard-rls exited:" >&2; cat .run/rls.log >&2; exit 1
+    fi
+    sleep 0.1
+  done
+fi
 python3 envoy/demo/upstream.py 18080 &
-UPSTREAM=$!
+PIDS="$PIDS $!"
 "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-path .run/envoy.log &
 ENVOY_PID=$!
-trap 'kill $UPSTREAM $ENVOY_PID 2>/dev/null || true' EXIT INT TERM
+PIDS="$PIDS $ENVOY_PID"
 
 for _ in $(seq 1 100); do
   if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1; then break; fi
@@ -68,6 +91,12 @@ apiguard is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:990
 
   # 403: no route allows /admin
   curl -i -H "Authorization: Bearer $WRITE" http://127.0.0.1:10000/admin
+
+  # global limit (make run-global: 12 quick requests give 10 x 200, then 429 with Retry-After
+  # until the minute's window resets; under plain make run: 503 ratelimit_unavailable,
+  # the rate limit service is not running and the limit says on_error: deny)
+  for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/quota; done; echo
+  curl -i http://127.0.0.1:10000/quota
 
   # stats
   curl -s http://127.0.0.1:9901/stats | grep apiguard
