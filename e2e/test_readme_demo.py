@@ -9,6 +9,7 @@ started (test_target.py, which never uses private keys): they are skipped in tar
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import time
 
@@ -138,14 +139,18 @@ def test_readme_429_after_20_quick_requests(demo, demo_tokens):
 
 @pytest.fixture(scope="module")
 def demo_global(module_envoy_factory, tmp_path_factory):
-    """`make run-global`: the demo policy, Redis and apiguard-rls with envoy/demo/rls.yaml,
-    reached through the `ratelimit` cluster as envoy/envoy.yaml declares it."""
+    """`make run-global`: the demo policy with envoy/demo/global.yaml, Redis and apiguard-rls
+    with envoy/demo/rls.yaml, reached through the `ratelimit` cluster of envoy/envoy.yaml."""
     from harness.rls import Redis, Rls, grpc_cluster
 
     d = tmp_path_factory.mktemp("demo-rls")
     redis = Redis(d).start()
     rls = Rls(d, (REPO / "envoy" / "demo" / "rls.yaml").read_text(), redis).start()
-    policy = yaml.safe_load((REPO / "envoy" / "demo" / "policy.yaml").read_text())
+    # The policy `make run-global` renders: the demo's plus envoy/demo/global.yaml.
+    spec = importlib.util.spec_from_file_location("envoy_render", REPO / "envoy" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    policy = render.demo_policy(with_global=True)
     yield module_envoy_factory.make(policy, clusters=[grpc_cluster("ratelimit", rls.port)])
     rls.stop()
     redis.stop()
@@ -167,12 +172,3 @@ def test_readme_global_limit_429_after_10(demo_global):
     assert 1 <= int(limited.header("retry-after")) <= 60, limited
     assert limited.header("ratelimit").startswith('"global-quota";r=0;'), limited
 
-
-def test_readme_global_limit_without_the_service(demo):
-    """README: under plain `make run` no service runs: 503, the limit fails closed."""
-    answer = readme_row("`GET /quota` under plain `make run`")
-    assert answer.startswith("503 `ratelimit_unavailable`"), answer
-    e, _ = demo
-    r = e.get("/quota")
-    problem(r, 503, "ratelimit_unavailable")
-    assert r.header("retry-after") == "1", r

@@ -39,7 +39,12 @@ if [ -n "$GLOBAL" ]; then
 fi
 python3 envoy/demo/upstream.py 18080 &
 PIDS="$PIDS $!"
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-path .run/envoy.log &
+CONFIG=envoy/envoy.yaml
+if [ -n "$GLOBAL" ]; then
+  CONFIG=.run/envoy-global.yaml
+  "${PYTHON:-.venv/bin/python}" envoy/render.py --global "$CONFIG"
+fi
+"$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart --log-path .run/envoy.log &
 ENVOY_PID=$!
 PIDS="$PIDS $ENVOY_PID"
 
@@ -56,6 +61,17 @@ READ=$("$CLI" token --alg RS256 --scope "items:read")
 # (per-client is keyed on `sub`): the reader's loop below shows 429 after exactly 20.
 WRITE=$("$CLI" token --alg ES256 --scope "items:read items:write" --sub demo-writer)
 EXPIRED=$("$CLI" token --alg EdDSA --scope "items:read" --ttl -600)
+
+if [ -n "$GLOBAL" ]; then
+  cat <<MSG
+
+  # global limit (apiguard-rls on 127.0.0.1:18081 + Redis on 16379, envoy/demo/rls.yaml):
+  # 12 quick requests give 10 x 200, then 429 with Retry-After until the minute's window
+  # resets; every Envoy pointed at the same service shares the count
+  for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/quota; done; echo
+  curl -i http://127.0.0.1:10000/quota
+MSG
+fi
 
 cat <<MSG
 
@@ -91,12 +107,6 @@ apiguard is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:990
 
   # 403: no route allows /admin
   curl -i -H "Authorization: Bearer $WRITE" http://127.0.0.1:10000/admin
-
-  # global limit (make run-global: 12 quick requests give 10 x 200, then 429 with Retry-After
-  # until the minute's window resets; under plain make run: 503 ratelimit_unavailable,
-  # the rate limit service is not running and the limit says on_error: deny)
-  for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/quota; done; echo
-  curl -i http://127.0.0.1:10000/quota
 
   # stats
   curl -s http://127.0.0.1:9901/stats | grep apiguard
