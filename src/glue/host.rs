@@ -31,6 +31,20 @@ impl Clock for HostClock {
     }
 }
 
+/// The clock of one request callback: Envoy's clock read once, on first use. The phases of
+/// a callback run within microseconds of each other, and each read is a host call (the
+/// authentication, the lockout and the limits each ask for the time).
+#[derive(Default)]
+pub(super) struct CallClock {
+    now_ms: OnceCell<u64>,
+}
+
+impl Clock for CallClock {
+    fn now_millis(&self) -> u64 {
+        *self.now_ms.get_or_init(|| HostClock.now_millis())
+    }
+}
+
 pub(super) struct HostStore;
 
 /// The downstream connection of one request through Envoy's properties: each lookup is a

@@ -8,7 +8,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use super::global;
-use super::host::{log, request_header_map, send_local_response, HostClock, HostPeer, HostStore};
+use super::host::{
+    log, request_header_map, send_local_response, CallClock, HostClock, HostPeer, HostStore,
+};
 use super::hostcalls;
 use super::root::Worker;
 use crate::body_phase::BodyPhase;
@@ -94,7 +96,7 @@ impl HttpContext for Request {
             let mut engine = worker.engine.borrow_mut();
             let mut metrics = worker.metrics.borrow_mut();
             let host = Host {
-                clock: &HostClock,
+                clock: &CallClock::default(),
                 crypto: &worker.crypto,
                 store: &HostStore,
             };
