@@ -715,5 +715,7 @@ fn check_jwks(
     Ok((parsed, body))
 }
 
+pub mod remotes;
+
 #[cfg(test)]
 mod tests;

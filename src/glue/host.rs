@@ -13,10 +13,20 @@ use crate::engine::{Metrics, Peer};
 use crate::headermap;
 use crate::host::{CasError, Clock, HostCrypto, SharedStore};
 use crate::hostcrypto::{decode_verify_result, encode_verify_args};
+use crate::outcome::LogAt;
 use crate::ratelimit::lease::Leases;
 
 pub(super) fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
+}
+
+/// The proxy-wasm level of a level the core asks for.
+pub(super) fn log_level(at: LogAt) -> LogLevel {
+    match at {
+        LogAt::Debug => LogLevel::Debug,
+        LogAt::Info => LogLevel::Info,
+        LogAt::Warn => LogLevel::Warn,
+    }
 }
 
 pub(super) struct HostClock;

@@ -5,11 +5,12 @@
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::global;
 use super::host::{
-    log, request_header_map, send_local_response, CallClock, HostClock, HostPeer, HostStore,
+    log, log_level, request_header_map, send_local_response, CallClock, HostClock, HostPeer,
+    HostStore,
 };
 use super::hostcalls;
 use super::root::Worker;
@@ -18,7 +19,7 @@ use crate::engine::{Decision, Host, RequestHead, Verdict};
 use crate::grpc;
 use crate::headermap;
 use crate::host::{Clock, Metrics};
-use crate::outcome::{self, Finished, LocalReply, LogAt, Trail};
+use crate::outcome::{self, Finished, LocalReply, Trail};
 use crate::problem::Denial;
 
 pub(super) struct Request {
@@ -104,11 +105,10 @@ impl HttpContext for Request {
         };
         if !decision.refetch.is_empty() {
             let now = HostClock.now_millis();
-            for r in worker.remotes.borrow().iter() {
-                if decision.refetch.contains(&r.provider) {
-                    r.sync.request_refetch(now, &HostStore);
-                }
-            }
+            worker
+                .remotes
+                .borrow()
+                .request_refetch(&decision.refetch, now, &HostStore);
         }
         self.apply(decision, request_id)
     }
@@ -302,14 +302,6 @@ impl Request {
         }
         let reply = outcome::local_reply(denial, self.trail.request_id.as_deref(), self.grpc);
         send_reply(&reply);
-    }
-}
-
-fn log_level(at: LogAt) -> LogLevel {
-    match at {
-        LogAt::Debug => LogLevel::Debug,
-        LogAt::Info => LogLevel::Info,
-        LogAt::Warn => LogLevel::Warn,
     }
 }
 

@@ -3,21 +3,19 @@
 //! another VM or this one published into the worker's `Engine`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Bytes, ContextType, LogLevel};
 
-use super::host::{log, ForeignHostCrypto, HostClock, HostMetrics, HostStore};
+use super::host::{log, log_level, ForeignHostCrypto, HostClock, HostMetrics, HostStore};
 use super::hostcalls;
 use super::http::Request;
 use crate::engine::{Engine, Metrics};
 use crate::host::Clock;
-use crate::jwks_sync::{FetchEvent, FetchRequest, JwksSync};
-use crate::jwt::Jwks;
-use crate::policy::{KeySource, Policy};
+use crate::jwks_sync::remotes::{parse_status, Fetch, Remotes, Report, Steps};
+use crate::policy::Policy;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const GIT_REVISION: &str = match option_env!("APIGUARD_GIT_REVISION") {
@@ -26,17 +24,10 @@ const GIT_REVISION: &str = match option_env!("APIGUARD_GIT_REVISION") {
 };
 const TICK: Duration = Duration::from_millis(250);
 
-/// Remote JWKS of one provider, as seen by this VM.
-pub(super) struct RemoteKeys {
-    pub(super) provider: usize,
-    pub(super) sync: JwksSync,
-    parsed_generation: Option<u64>,
-}
-
 /// What one worker VM shares between its root and its HTTP contexts.
 pub(super) struct Worker {
     pub(super) engine: RefCell<Engine>,
-    pub(super) remotes: RefCell<Vec<RemoteKeys>>,
+    pub(super) remotes: RefCell<Remotes>,
     pub(super) metrics: RefCell<HostMetrics>,
     pub(super) crypto: ForeignHostCrypto,
 }
@@ -44,8 +35,6 @@ pub(super) struct Worker {
 #[derive(Default)]
 pub(super) struct Root {
     worker: Option<Rc<Worker>>,
-    /// Dispatched JWKS calls: token → (index into `remotes`, deadline in ms).
-    in_flight: HashMap<u32, (usize, u64)>,
 }
 
 impl Context for Root {
@@ -56,30 +45,26 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((remote, _)) = self.in_flight.remove(&token_id) else {
-            return;
-        };
-        let status = self
-            .get_http_call_response_header_bytes(":status")
-            .and_then(|s| String::from_utf8(s).ok())
-            .and_then(|s| s.parse::<u16>().ok());
-        let body = self.get_http_call_response_body(0, body_size);
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = HostClock.now_millis();
-        let (next, event) = {
-            let mut remotes = worker.remotes.borrow_mut();
-            let Some(r) = remotes.get_mut(remote) else {
-                return;
-            };
-            r.sync.on_response(now, &HostStore, status, body.as_deref())
+        let Some(remote) = worker.remotes.borrow_mut().take(token_id) else {
+            return;
         };
-        self.record(&worker, remote, event);
-        if let Some(req) = next {
-            self.dispatch(&worker, remote, req, now);
-        }
-        self.refresh_keys(&worker);
+        let status = parse_status(
+            self.get_http_call_response_header_bytes(":status")
+                .as_deref(),
+        );
+        let body = self.get_http_call_response_body(0, body_size);
+        let now = HostClock.now_millis();
+        let steps = worker.remotes.borrow_mut().on_response(
+            remote,
+            now,
+            &HostStore,
+            status,
+            body.as_deref(),
+        );
+        carry_out(&worker, steps, now);
     }
 }
 
@@ -115,19 +100,7 @@ impl RootContext for Root {
             }
         };
         let nonce = HostClock.now_millis() ^ (self as *const Root as u64).rotate_left(32);
-        let remotes = policy
-            .providers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match &p.keys {
-                KeySource::Remote(spec) => Some(RemoteKeys {
-                    provider: i,
-                    sync: JwksSync::new(spec.clone(), nonce.wrapping_add(i as u64)),
-                    parsed_generation: None,
-                }),
-                KeySource::Inline(_) => None,
-            })
-            .collect::<Vec<_>>();
+        let remotes = Remotes::new(&policy, nonce);
         let has_remotes = !remotes.is_empty();
         let worker = Rc::new(Worker {
             engine: RefCell::new(Engine::new(policy.clone())),
@@ -139,9 +112,8 @@ impl RootContext for Root {
         });
         // Keys another VM already fetched (or a previous policy with the same provider)
         // are usable at once.
-        self.refresh_keys(&worker);
+        install_new_keys(&worker);
         self.worker = Some(worker);
-        self.in_flight.clear();
         if has_remotes {
             let _ = hostcalls::set_tick_period(TICK);
         }
@@ -161,37 +133,8 @@ impl RootContext for Root {
             return;
         };
         let now = HostClock.now_millis();
-        // Our own deadline: a cluster without a healthy endpoint can leave a call queued.
-        let expired: Vec<(u32, usize)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, (_, deadline))| now > *deadline)
-            .map(|(t, (r, _))| (*t, *r))
-            .collect();
-        for (token, remote) in expired {
-            self.in_flight.remove(&token);
-            let event = worker
-                .remotes
-                .borrow_mut()
-                .get_mut(remote)
-                .and_then(|r| r.sync.on_timeout(now, &HostStore));
-            self.record(&worker, remote, event);
-        }
-        let count = worker.remotes.borrow().len();
-        for remote in 0..count {
-            if self.in_flight.values().any(|(r, _)| *r == remote) {
-                continue;
-            }
-            let req = worker
-                .remotes
-                .borrow_mut()
-                .get_mut(remote)
-                .and_then(|r| r.sync.on_tick(now, &HostStore));
-            if let Some(req) = req {
-                self.dispatch(&worker, remote, req, now);
-            }
-        }
-        self.refresh_keys(&worker);
+        let steps = worker.remotes.borrow_mut().on_tick(now, &HostStore);
+        carry_out(&worker, steps, now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -203,110 +146,54 @@ impl RootContext for Root {
     }
 }
 
-impl Root {
-    fn dispatch(&mut self, worker: &Worker, remote: usize, req: FetchRequest, now: u64) {
-        let headers = vec![
-            (":method", "GET"),
-            (":path", req.path.as_str()),
-            (":authority", req.authority.as_str()),
-            ("accept", "application/json"),
-            ("user-agent", "apiguard"),
-        ];
-        let timeout = Duration::from_millis(req.timeout_ms);
-        match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
-            Ok(token) => {
-                self.in_flight.insert(
-                    token,
-                    (
-                        remote,
-                        now.saturating_add(req.timeout_ms).saturating_add(1000),
-                    ),
-                );
-            }
-            Err(e) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("apiguard: cannot call cluster `{}` for JWKS: {e:?} (is the cluster defined?)", req.cluster),
-                );
-                let event = worker
-                    .remotes
-                    .borrow_mut()
-                    .get_mut(remote)
-                    .and_then(|r| r.sync.on_timeout(now, &HostStore));
-                self.record(worker, remote, event);
-            }
-        }
+/// Reports what happened, dispatches the fetches asked for, and installs any keys
+/// published meanwhile.
+fn carry_out(worker: &Worker, steps: Steps, now: u64) {
+    for r in steps.reports {
+        report(worker, r);
     }
+    for fetch in steps.fetches {
+        dispatch(worker, &fetch, now);
+    }
+    install_new_keys(worker);
+}
 
-    fn record(&self, worker: &Worker, remote: usize, event: Option<FetchEvent>) {
-        let Some(event) = event else { return };
-        let name = {
-            let remotes = worker.remotes.borrow();
-            let engine = worker.engine.borrow();
-            remotes
-                .get(remote)
-                .and_then(|r| engine.policy().providers.get(r.provider))
-                .map(|p| p.name.clone())
-                .unwrap_or_default()
-        };
-        match event {
-            FetchEvent::Published {
-                generation,
-                keys,
-                rejected,
-            } => {
-                worker
-                    .metrics
-                    .borrow_mut()
-                    .incr(&format!("apiguard.jwks.{name}.fetch_success"));
-                log(
-                    LogLevel::Info,
-                    &format!("apiguard: JWKS of `{name}` published: {keys} key(s), generation {generation}"),
-                );
-                for r in rejected {
-                    log(
-                        LogLevel::Warn,
-                        &format!("apiguard: JWKS of `{name}`: skipped {r}"),
-                    );
-                }
-            }
-            FetchEvent::Failed { reason } => {
-                worker
-                    .metrics
-                    .borrow_mut()
-                    .incr(&format!("apiguard.jwks.{name}.fetch_failure"));
-                log(
-                    LogLevel::Warn,
-                    &format!("apiguard: JWKS fetch for `{name}` failed: {reason}; keeping the last good keys"),
-                );
+fn dispatch(worker: &Worker, fetch: &Fetch, now: u64) {
+    let req = &fetch.request;
+    let timeout = Duration::from_millis(req.timeout_ms);
+    match hostcalls::dispatch_http_call(&req.cluster, fetch.headers(), None, vec![], timeout) {
+        Ok(token) => worker.remotes.borrow_mut().dispatched(token, fetch, now),
+        Err(e) => {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "apiguard: cannot call cluster `{}` for JWKS: {e:?} (is the cluster defined?)",
+                    req.cluster
+                ),
+            );
+            let failed = worker
+                .remotes
+                .borrow_mut()
+                .dispatch_failed(fetch, now, &HostStore);
+            if let Some(r) = failed {
+                report(worker, r);
             }
         }
     }
+}
 
-    /// Re-parses a provider's keys when another VM (or this one) published a new generation.
-    fn refresh_keys(&self, worker: &Worker) {
-        let mut remotes = worker.remotes.borrow_mut();
-        for r in remotes.iter_mut() {
-            let Some(generation) = r.sync.shared_generation(&HostStore) else {
-                continue;
-            };
-            if r.parsed_generation == Some(generation) {
-                continue;
-            }
-            let Some(shared) = r.sync.shared_keys(&HostStore) else {
-                continue;
-            };
-            match Jwks::parse(&shared.jwks_json) {
-                Ok(parsed) if !parsed.jwks.is_empty() => {
-                    worker.engine.borrow_mut().set_keys(
-                        r.provider,
-                        Rc::new(parsed.jwks),
-                        shared.generation,
-                    );
-                    r.parsed_generation = Some(shared.generation);
-                }
-                _ => r.parsed_generation = Some(shared.generation),
-            }
-        }
+fn report(worker: &Worker, report: Report) {
+    worker.metrics.borrow_mut().incr(&report.counter);
+    for (at, line) in &report.lines {
+        log(log_level(*at), line);
     }
+}
+
+/// Installs keys another VM (or this one) published since the last look.
+fn install_new_keys(worker: &Worker) {
+    let mut engine = worker.engine.borrow_mut();
+    worker
+        .remotes
+        .borrow_mut()
+        .install_new_keys(&HostStore, &mut engine);
 }
