@@ -19,7 +19,7 @@ import pytest
 
 from harness import tokens
 from harness.checks import bearer, echoed, problem
-from harness.rls import Redis, Rls, grpc_cluster
+from harness.rls import grpc_cluster, redis_and_rls
 
 pytestmark = [pytest.mark.wasm, pytest.mark.own_envoy]
 
@@ -40,12 +40,7 @@ descriptors:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rls-lockout")
-    redis = Redis(d).start()
-    rls = Rls(d, RLS_CONFIG, redis).start()
-    yield redis, rls
-    rls.stop()
-    redis.stop()
+    yield from redis_and_rls(tmp_path_factory.mktemp("rls-lockout"), RLS_CONFIG)
 
 
 @pytest.fixture(scope="module")

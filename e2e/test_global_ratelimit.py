@@ -20,7 +20,7 @@ from collections import Counter
 import pytest
 
 from harness.checks import problem
-from harness.rls import Redis, Rls, grpc_cluster
+from harness.rls import grpc_cluster, redis_and_rls
 
 pytestmark = [pytest.mark.wasm, pytest.mark.own_envoy]
 
@@ -78,12 +78,7 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rls")
-    redis = Redis(d).start()
-    rls = Rls(d, RLS_CONFIG, redis).start()
-    yield redis, rls
-    rls.stop()
-    redis.stop()
+    yield from redis_and_rls(tmp_path_factory.mktemp("rls"), RLS_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -142,3 +142,15 @@ def grpc_cluster(name: str, port: int) -> dict:
                 "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
         },
     }
+
+
+def redis_and_rls(workdir: pathlib.Path, config: str):
+    """Redis and an apiguard-rls on it with `config`, for a module fixture to yield and
+    then stop (the rate limit service first, as a deployment would drain it)."""
+    redis = Redis(workdir).start()
+    rls = Rls(workdir, config, redis).start()
+    try:
+        yield redis, rls
+    finally:
+        rls.stop()
+        redis.stop()

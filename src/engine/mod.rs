@@ -261,6 +261,7 @@ impl Engine {
     ) -> Result<Option<Principal>, Refusal> {
         let route = found.route;
         let now = ctx.host.clock.now_secs();
+        enforce::note_peer_from_header(ctx, route, metrics);
         let principal = match &route.access {
             Access::Public => None,
             Access::Principals(accepted) => {

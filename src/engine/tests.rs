@@ -710,3 +710,47 @@ fn client_ip_from_a_header_derived_peer_shares_one_bucket() {
         .iter()
         .any(|n| n == "apiguard.client_ip.peer_from_header"));
 }
+
+#[test]
+fn a_header_derived_peer_is_counted_once_per_request_for_global_and_lockout_keys_too() {
+    let mut e = engine_from(json!({
+        "providers": [provider(json!({}))],
+        "limits": [
+            {"name": "local-ip", "capacity": 100, "key": [{"client_ip": {"trusted_hops": 0}}]},
+            {"name": "global-ip", "key": [{"client_ip": {"trusted_hops": 0}}],
+             "global": {"cluster": "rls", "domain": "d"}},
+            {"name": "lock-ip", "capacity": 5, "count": "auth_failures",
+             "key": [{"client_ip": {"trusted_hops": 0}}]}
+        ],
+        "routes": [
+            {"name": "both", "match": {"prefix": "/both"}, "public": true,
+             "limits": ["local-ip", "global-ip"]},
+            {"name": "global", "match": {"prefix": "/global"}, "public": true,
+             "limits": ["global-ip"]},
+            {"name": "lock", "match": {"prefix": "/lock"}, "providers": ["test"],
+             "limits": ["lock-ip"]},
+            {"name": "none", "match": {"prefix": "/"}, "public": true}
+        ]
+    }));
+    let store = FakeStore::default();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let count_for = |e: &mut Engine, path: &str, addr: &str| {
+        let mut counted = Counted::default();
+        TestRequest::get(path)
+            .peer_addr(addr)
+            .clock(&clock)
+            .store(&store)
+            .send(e, &mut counted);
+        counted
+            .0
+            .iter()
+            .filter(|n| *n == "apiguard.client_ip.peer_from_header")
+            .count()
+    };
+    // Envoy without use_remote_address reports the spoofed XFF entry with port 0.
+    assert_eq!(count_for(&mut e, "/both", "6.6.6.6:0"), 1);
+    assert_eq!(count_for(&mut e, "/global", "6.6.6.6:0"), 1);
+    assert_eq!(count_for(&mut e, "/lock", "6.6.6.6:0"), 1);
+    assert_eq!(count_for(&mut e, "/other", "6.6.6.6:0"), 0);
+    assert_eq!(count_for(&mut e, "/both", "10.0.0.1:51234"), 0);
+}

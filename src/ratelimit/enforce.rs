@@ -37,7 +37,7 @@ pub fn local_limits(
             .filter(|l| l.global.is_none() && l.count == Count::Requests)
     });
     for limit in local {
-        let bucket_key = bucket_key(limit, route, ctx.req, claims, metrics);
+        let bucket_key = bucket_key(limit, route, ctx.req, claims);
         let cost = limit.call_cost(ctx.req.method, grpc_method);
         let result = acquire(ctx.host.store, &limit.spec, &bucket_key, cost, now_ms);
         for _ in 0..result.cas_retries() {
@@ -157,26 +157,36 @@ fn limited(limit: &Limit, remaining: u64, retry_after_ms: Option<u64>, reset_ms:
     d
 }
 
+/// Counts `apiguard.client_ip.peer_from_header` once for a request whose route keys a
+/// limit (local, global or lockout) on `client_ip` while Envoy took the peer from
+/// `x-forwarded-for` (no `use_remote_address: true`): all such clients share one bucket,
+/// which an operator must hear about.
+pub fn note_peer_from_header(ctx: &RequestCtx, route: &Route, metrics: &mut dyn Metrics) {
+    let keys_on_client_ip = route.limits.iter().any(|&li| {
+        ctx.policy.limits.get(li).is_some_and(|limit| {
+            limit
+                .key
+                .iter()
+                .any(|part| matches!(part, KeyPart::ClientIp { .. }))
+        })
+    });
+    if keys_on_client_ip && key::peer_is_from_header(&ctx.req.peer.address().unwrap_or_default()) {
+        metrics.incr("apiguard.client_ip.peer_from_header");
+    }
+}
+
 /// The bucket a request takes from: the limit's key parts, as this request spells them.
 fn bucket_key(
     limit: &Limit,
     route: &Route,
     req: &RequestHead,
     claims: &Map<String, Value>,
-    metrics: &mut dyn Metrics,
 ) -> String {
     let parts: Vec<String> = limit
         .key
         .iter()
         .map(|part| match part {
-            KeyPart::ClientIp { trusted_hops } => {
-                let peer = req.peer.address().unwrap_or_default();
-                if key::peer_is_from_header(&peer) {
-                    // Envoy lacks `use_remote_address: true`: such clients share a bucket.
-                    metrics.incr("apiguard.client_ip.peer_from_header");
-                }
-                format!("ip={}", req.client_ip(*trusted_hops))
-            }
+            KeyPart::ClientIp { trusted_hops } => format!("ip={}", req.client_ip(*trusted_hops)),
             KeyPart::Claim(path) => format!(
                 "claim={}",
                 claim_at(claims, path)
