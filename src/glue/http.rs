@@ -95,6 +95,10 @@ impl HttpContext for Request {
         };
         let decision = {
             let mut engine = worker.engine.borrow_mut();
+            worker
+                .remotes
+                .borrow_mut()
+                .install_missing_keys(&HostStore, &mut engine);
             let mut metrics = worker.metrics.borrow_mut();
             let host = Host {
                 clock: &CallClock::default(),

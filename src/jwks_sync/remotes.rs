@@ -174,6 +174,20 @@ impl Remotes {
 
     /// Installs into `engine` every generation another VM (or this one) published since
     /// the last look. A generation without a usable key is skipped (the old keys stay).
+    /// Keys another VM published since this VM's last tick, for a provider this VM has
+    /// no keys for yet: a request would otherwise be answered 503 `jwks_unavailable` until
+    /// the next tick. A VM with every provider's keys reads nothing (no host call).
+    pub fn install_missing_keys(&mut self, store: &dyn SharedStore, engine: &mut Engine) {
+        if self
+            .remotes
+            .iter()
+            .all(|r| engine.keys_generation(r.provider).is_some())
+        {
+            return;
+        }
+        self.install_new_keys(store, engine);
+    }
+
     pub fn install_new_keys(&mut self, store: &dyn SharedStore, engine: &mut Engine) {
         for r in &mut self.remotes {
             let Some(generation) = r.sync.shared_generation(store) else {

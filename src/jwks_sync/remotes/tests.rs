@@ -106,6 +106,32 @@ fn a_published_jwks_is_reported_and_installed_into_the_engine() {
     let mut other_engine = Engine::new(policy.clone());
     Remotes::new(&policy, 8).install_new_keys(&store, &mut other_engine);
     assert_eq!(other_engine.keys_generation(1), generation);
+    // A VM whose tick has not come yet loads them when a request needs them.
+    let mut third_engine = Engine::new(policy.clone());
+    Remotes::new(&policy, 9).install_missing_keys(&store, &mut third_engine);
+    assert_eq!(third_engine.keys_generation(1), generation);
+}
+
+#[test]
+fn a_vm_that_has_its_keys_reads_nothing_before_a_request() {
+    let policy = policy();
+    let mut engine = Engine::new(policy.clone());
+    let mut remotes = Remotes::new(&policy, 7);
+    let store = FakeStore::default();
+    remotes.install_missing_keys(&store, &mut engine);
+    assert_eq!(engine.keys_generation(1), None, "nothing published yet");
+    engine.set_keys(1, Rc::new(Jwks::parse(JWKS).unwrap().jwks), 41);
+    // Another generation is published: a VM that has keys leaves it to its next tick.
+    let (fetch, now) = first_fetch(&mut remotes, &store);
+    remotes.dispatched(9, &fetch, now);
+    let remote = remotes.take(9).unwrap();
+    remotes.on_response(remote, now + 5, &store, Some(200), Some(JWKS));
+    remotes.install_missing_keys(&store, &mut engine);
+    assert_eq!(
+        engine.keys_generation(1),
+        Some(41),
+        "keys present: the store is not read"
+    );
 }
 
 #[test]
