@@ -247,25 +247,10 @@ impl Tries<'_, '_, '_> {
         let Some(provider) = policy.providers.get(id) else {
             return Attempt::Absent;
         };
-        let mut outcome = Attempt::Absent;
-        for (source, from) in provider.sources.iter().enumerate() {
-            let token = match credentials::extract(from, self.ctx.req.headers, self.ctx.query) {
-                Found::None => continue,
-                Found::Ambiguous => return Attempt::Ambiguous,
-                Found::Token(t) => t,
-            };
-            match self.verify_token(id, source, &token) {
-                accepted @ Attempt::Accepted(_) => return accepted,
-                Attempt::Refused(d) if !matches!(outcome, Attempt::Refused(_)) => {
-                    outcome = Attempt::Refused(d)
-                }
-                Attempt::KeysPending if matches!(outcome, Attempt::Absent) => {
-                    outcome = Attempt::KeysPending
-                }
-                _ => {}
-            }
-        }
-        outcome
+        let ctx = self.ctx;
+        first_accepted(ctx, &provider.sources, |source, token| {
+            self.verify_token(id, source, token)
+        })
     }
 
     /// One token against one provider: its issuer, the cache, then the signature.
@@ -326,30 +311,22 @@ impl Tries<'_, '_, '_> {
         let Some(set) = policy.api_key_sets.get(id) else {
             return Attempt::Absent;
         };
-        let mut outcome = Attempt::Absent;
-        for (source, from) in set.sources.iter().enumerate() {
-            let presented = match credentials::extract(from, self.ctx.req.headers, self.ctx.query) {
-                Found::None => continue,
-                Found::Ambiguous => return Attempt::Ambiguous,
-                Found::Token(t) => t,
-            };
-            match find_api_key(set, &presented) {
-                Some(key) => {
-                    return Attempt::Accepted(Principal::ApiKey {
-                        set: id,
-                        key,
-                        source,
-                    })
-                }
-                None if matches!(outcome, Attempt::Absent) => {
+        first_accepted(
+            self.ctx,
+            &set.sources,
+            |source, presented| match find_api_key(set, presented) {
+                Some(key) => Attempt::Accepted(Principal::ApiKey {
+                    set: id,
+                    key,
+                    source,
+                }),
+                None => {
                     let mut d = Denial::new(401, "invalid_api_key", "the API key is not valid");
                     d.www_authenticate = Some(format!("APIKey realm=\"{}\"", policy.realm));
-                    outcome = Attempt::Refused(d);
+                    Attempt::Refused(d)
                 }
-                None => {}
-            }
-        }
-        outcome
+            },
+        )
     }
 
     /// The client certificate Envoy verified, against one certificate set.
@@ -427,6 +404,35 @@ fn cert_claims(uri_san: Option<&str>, subject: Option<&str>) -> Map<String, Valu
         claims.insert("subject".into(), Value::String(s.to_string()));
     }
     claims
+}
+
+/// Every source of one principal source (a JWT provider, an API key set), in order: the
+/// first credential `check` accepts wins; otherwise the first refusal, then keys still
+/// loading, then nothing found. Two credentials in one source are ambiguous.
+fn first_accepted(
+    ctx: &RequestCtx,
+    sources: &[TokenSource],
+    mut check: impl FnMut(usize, &str) -> Attempt,
+) -> Attempt {
+    let mut outcome = Attempt::Absent;
+    for (source, from) in sources.iter().enumerate() {
+        let credential = match credentials::extract(from, ctx.req.headers, ctx.query) {
+            Found::None => continue,
+            Found::Ambiguous => return Attempt::Ambiguous,
+            Found::Token(t) => t,
+        };
+        match check(source, &credential) {
+            accepted @ Attempt::Accepted(_) => return accepted,
+            Attempt::Refused(d) if !matches!(outcome, Attempt::Refused(_)) => {
+                outcome = Attempt::Refused(d)
+            }
+            Attempt::KeysPending if matches!(outcome, Attempt::Absent) => {
+                outcome = Attempt::KeysPending
+            }
+            _ => {}
+        }
+    }
+    outcome
 }
 
 #[cfg(test)]
