@@ -95,6 +95,23 @@ pub struct Decision {
     pub global: Vec<crate::ratelimit::global::GlobalCall>,
 }
 
+impl Decision {
+    /// Allowed with no change, nothing recorded yet.
+    pub fn allowed() -> Decision {
+        Decision {
+            verdict: Verdict::Allow(Mutations::default()),
+            route: None,
+            principal: None,
+            rule: None,
+            audit_denied: Vec::new(),
+            refetch: Vec::new(),
+            response_headers: Vec::new(),
+            body: None,
+            global: Vec::new(),
+        }
+    }
+}
+
 /// A pending body check: which route's rules, and whether to buffer or only count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyCheck {
@@ -331,22 +348,7 @@ impl Engine {
     }
 }
 
-impl Decision {
-    /// Allowed with no change, nothing recorded yet.
-    fn allowed() -> Decision {
-        Decision {
-            verdict: Verdict::Allow(Mutations::default()),
-            route: None,
-            principal: None,
-            rule: None,
-            audit_denied: Vec::new(),
-            refetch: Vec::new(),
-            response_headers: Vec::new(),
-            body: None,
-            global: Vec::new(),
-        }
-    }
-}
+impl Decision {}
 
 /// An authenticated principal against the route: its enforced rules (`rule_denied`, when
 /// `authz::evaluate` named one) and its scopes.

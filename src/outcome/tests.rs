@@ -8,12 +8,7 @@ fn decision(verdict: Verdict) -> Decision {
         verdict,
         route: Some("items".into()),
         principal: Some("alice".into()),
-        rule: None,
-        audit_denied: Vec::new(),
-        refetch: Vec::new(),
-        response_headers: Vec::new(),
-        body: None,
-        global: Vec::new(),
+        ..Decision::allowed()
     }
 }
 
