@@ -132,6 +132,8 @@ def make_policy(keys, revoke_c: bool = False) -> dict:
              "keys": [{"client_id": "f-client", "sha256": sha(KEY_F)}]},
         ],
         "routes": routes,
+        # The access log of these tests prints the record; it is opt-in.
+        "decision_record": True,
     }
 
 
@@ -511,12 +513,20 @@ def test_access_log_decision_record(envoy, keys):
         assert line.endswith(f"principal={want.get('principal', rec.get('principal'))}"), line
 
 
-def test_decision_record_off_writes_nothing(module_envoy_factory, keys):
-    """`decision_record: false` skips the filter-state write: the access log shows `-`,
-    and the verdict is the same."""
-    policy = {**make_policy(keys), "decision_record": False}
+@pytest.mark.parametrize("setting", ["default", "false"])
+def test_decision_record_off_writes_nothing(module_envoy_factory, keys, setting):
+    """Without `decision_record` (the default is off: the write is a host call on every
+    request) or with `decision_record: false`, no filter state is written: the access log
+    shows `-` where the record was, and the verdict is the same."""
+    policy = make_policy(keys)
+    if setting == "default":
+        del policy["decision_record"]
+    else:
+        policy["decision_record"] = False
     envoy = module_envoy_factory.make(policy, concurrency=1, access_log=ACCESS_LOG)
-    for path, headers, status in (("/healthz", {}, "200"), ("/items/1", {}, "401")):
+    good = bearer(tok(keys, sub="log-off", scope="items:read"))
+    for path, headers, status in (("/healthz", {}, "200"), ("/items/1", {}, "401"),
+                                  ("/items/1", good, "200")):
         t = tid()
         assert envoy.get(path, {**headers, "X-Test-Id": t}).status == int(status)
         line = decision_line(envoy, t)
@@ -602,6 +612,7 @@ def tls_envoy(module_envoy_factory, pki, keys, legacy_subject):
             {"name": "mesh-or-jwt", "match": {"prefix": "/either"}, "providers": ["mesh", "corp"]},
             {"name": "health", "match": {"path": "/healthz"}, "public": True},
         ],
+        "decision_record": True,  # test_mtls_decision_record reads it
     }
     tls = {"cert": pki.server[0], "key": pki.server[1], "ca": pki.path("ca.crt"),
            "require_client_cert": False}  # verified when sent; routes decide when missing

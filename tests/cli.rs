@@ -27,6 +27,8 @@ fn demo_policy_passes_check() {
     let (code, out, err) = apiguard(&["check", "envoy/demo/policy.yaml"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok"), "{out}");
+    // The demo's access logs print the record: its policy turns it on.
+    assert!(out.contains("decision record on"), "{out}");
 }
 
 #[test]

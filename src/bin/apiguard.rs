@@ -64,11 +64,7 @@ fn check(args: &[String]) -> ExitCode {
     };
     match load_policy(path) {
         Ok(p) => {
-            println!(
-                "{path}: ok ({} provider(s), {} route(s))",
-                p.providers.len(),
-                p.routes.len()
-            );
+            println!("{path}: ok ({})", p.summary());
             ExitCode::SUCCESS
         }
         Err(errors) => {

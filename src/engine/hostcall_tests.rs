@@ -22,6 +22,25 @@ struct Calls {
     get: Cell<u32>,
     set: Cell<u32>,
     metrics: Cell<u32>,
+    /// Envoy properties of the connection (`source.address`, certificate SANs, subject).
+    properties: Cell<u32>,
+}
+
+/// The connection's facts, each ask a `get_property` in Envoy.
+struct CountingPeer<'a>(&'a Calls, KnownPeer<'a>);
+impl Peer for CountingPeer<'_> {
+    fn address(&self) -> Option<String> {
+        self.0.properties.set(self.0.properties.get() + 1);
+        self.1.address()
+    }
+    fn uri_san(&self) -> Option<String> {
+        self.0.properties.set(self.0.properties.get() + 1);
+        self.1.uri_san()
+    }
+    fn subject(&self) -> Option<String> {
+        self.0.properties.set(self.0.properties.get() + 1);
+        self.1.subject()
+    }
 }
 
 struct CountingClock<'a>(&'a Calls, FakeClock);
@@ -71,13 +90,17 @@ fn engine() -> Engine {
     ))
 }
 
-/// (clock reads, shared-data reads, shared-data writes, counter increments) of one request.
-fn count(
-    e: &mut Engine,
-    store: &FakeStore,
-    path: &str,
-    token: Option<&str>,
-) -> (u32, u32, u32, u32) {
+/// Host calls of one request, by kind.
+#[derive(Debug, PartialEq, Eq)]
+struct Counted {
+    clock: u32,
+    store_reads: u32,
+    store_writes: u32,
+    counters: u32,
+    properties: u32,
+}
+
+fn count(e: &mut Engine, store: &FakeStore, path: &str, token: Option<&str>) -> Counted {
     let calls = Calls::default();
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut req = TestRequest::get(path).headers(&[(":method", "GET"), (":path", path)]);
@@ -86,41 +109,72 @@ fn count(
     }
     let clock = CountingClock(&calls, FakeClock::at_secs(1_700_000_100));
     let counting_store = CountingStore(&calls, store);
+    let peer = CountingPeer(
+        &calls,
+        KnownPeer {
+            address: Some("10.0.0.1:5555"),
+            uri_san: Some("spiffe://test/ns/a/sa/b"),
+            subject: Some("CN=b"),
+        },
+    );
     let mut metrics = CountingMetrics(&calls);
-    let d = req
-        .peer_addr("10.0.0.1:5555")
-        .clock(&clock)
-        .store(&counting_store)
-        .send(e, &mut metrics);
+    let head = RequestHead {
+        peer: &peer,
+        ..req.head()
+    };
+    let host = Host {
+        clock: &clock,
+        crypto: &crate::host::NoHostCrypto,
+        store: &counting_store,
+    };
+    let d = e.on_request_headers(&head, &host, &mut metrics);
     assert!(matches!(d.verdict, Verdict::Allow(_)), "{path}");
     // The glue then counts the finished request (one counter).
     if let Some(finished) = crate::outcome::after_headers(&d) {
         metrics.incr(&crate::outcome::counter(finished));
     }
-    (
-        calls.clock.get(),
-        calls.get.get(),
-        calls.set.get(),
-        calls.metrics.get(),
-    )
+    Counted {
+        clock: calls.clock.get(),
+        store_reads: calls.get.get(),
+        store_writes: calls.set.get(),
+        counters: calls.metrics.get(),
+        properties: calls.properties.get(),
+    }
 }
 
-/// The clock is read twice per routed request (seconds for the token, milliseconds for
-/// the limits) and once more on an authenticated route (the lockout check), also where
-/// none is needed: ~0.16 µs each in Envoy, the cheapest host call (docs/performance.md).
+/// A public GET without limits (the bench's `public` route) needs nothing from Envoy but
+/// its headers: no clock, no shared data, no connection property; only the glue's
+/// `apiguard.allowed` counter.
 #[test]
-fn a_public_route_reads_no_shared_data() {
+fn a_public_route_reads_no_clock_no_shared_data_no_property() {
     let (mut e, store) = (engine(), FakeStore::default());
-    // The clock twice and the `apiguard.allowed` counter.
-    assert_eq!(count(&mut e, &store, "/public", None), (2, 0, 0, 1));
+    let public = Counted {
+        clock: 0,
+        store_reads: 0,
+        store_writes: 0,
+        counters: 1,
+        properties: 0,
+    };
+    assert_eq!(count(&mut e, &store, "/public", None), public);
+    assert_eq!(count(&mut e, &store, "/public", None), public);
 }
 
+/// The clock is asked three times on an authenticated route with a limit (seconds for the
+/// token, milliseconds for the lockout check and the limit): the glue's `CallClock` makes
+/// that one host call per request. A limit keyed by `sub` asks no connection property.
 #[test]
 fn a_jwt_route_with_a_limit_reads_and_writes_its_bucket_once() {
     let (mut e, store) = (engine(), FakeStore::default());
     // First request: verify (cache miss), create the bucket (one probe, one write);
     // counters: cache miss, limit allowed, apiguard.allowed.
-    assert_eq!(count(&mut e, &store, "/items", Some(READ)), (3, 1, 1, 3));
+    let items = Counted {
+        clock: 3,
+        store_reads: 1,
+        store_writes: 1,
+        counters: 3,
+        properties: 0,
+    };
+    assert_eq!(count(&mut e, &store, "/items", Some(READ)), items);
     // Cached token: the same crossings (cache hit counter instead of miss).
-    assert_eq!(count(&mut e, &store, "/items", Some(READ)), (3, 1, 1, 3));
+    assert_eq!(count(&mut e, &store, "/items", Some(READ)), items);
 }

@@ -277,12 +277,11 @@ impl Engine {
         record: &mut Decision,
     ) -> Result<Option<Principal>, Refusal> {
         let route = found.route;
-        let now = ctx.host.clock.now_secs();
         enforce::note_peer_from_header(ctx, route, metrics);
         let principal = match &route.access {
             Access::Public => None,
             Access::Principals(accepted) => {
-                let (authn, lockout_calls) = self.authenticate(ctx, route, accepted, now, metrics);
+                let (authn, lockout_calls) = self.authenticate(ctx, route, accepted, metrics);
                 record.refetch = authn.refetch;
                 // Global lockouts: whatever the verdict, it waits for the service's answer.
                 record.global = lockout_calls;
@@ -323,7 +322,6 @@ impl Engine {
         ctx: &RequestCtx,
         route: &Route,
         accepted: &[PrincipalRef],
-        now: u64,
         metrics: &mut dyn Metrics,
     ) -> (Authentication, Vec<GlobalCall>) {
         let (policy, req, store) = (ctx.policy, ctx.req, ctx.host.store);
@@ -334,6 +332,9 @@ impl Engine {
             };
             return (locked, Vec::new());
         }
+        // Read here, not before: a public route needs no clock (in Envoy the glue's
+        // `CallClock` reads it at the first ask, and a host call is microseconds).
+        let now = ctx.host.clock.now_secs();
         let authn = authn::authenticate(&mut self.keyring, ctx, accepted, now, metrics);
         let failed = matches!(&authn.result, Err(d) if lockout::is_auth_failure(d));
         if failed {

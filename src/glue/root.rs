@@ -119,11 +119,7 @@ impl RootContext for Root {
         }
         log(
             LogLevel::Info,
-            &format!(
-                "apiguard: policy loaded: {} provider(s), {} route(s)",
-                policy.providers.len(),
-                policy.routes.len()
-            ),
+            &format!("apiguard: policy loaded: {}", policy.summary()),
         );
         true
     }

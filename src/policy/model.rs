@@ -51,7 +51,8 @@ pub struct Policy {
     pub deny_log: Option<raw::RawLogLevel>,
     /// Pause at the headers while a body is validated (see `RawPolicy`).
     pub hold_headers_for_body: bool,
-    /// Write `apiguard_decision` to filter state (a host call of ~3 µs per request).
+    /// Write `apiguard_decision` to filter state (a host call of ~3 µs per request), for an
+    /// access log that prints it; off by default, as a module cannot see the access logs.
     pub decision_record: bool,
     pub request_limits: Option<crate::validate::Limits>,
     pub routes: RouteTable<Route>,
@@ -217,6 +218,18 @@ pub enum PrincipalRef {
 }
 
 impl Policy {
+    /// What `apiguard check` and the `policy loaded` log line say about an accepted policy:
+    /// its size, and whether the access-log decision record is written (off by default
+    /// since issue 14: an operator upgrading sees why the access log prints `-`).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} provider(s), {} route(s), decision record {}",
+            self.providers.len(),
+            self.routes.len(),
+            if self.decision_record { "on" } else { "off" }
+        )
+    }
+
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name == name)
     }

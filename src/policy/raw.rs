@@ -46,9 +46,10 @@ pub struct RawPolicy {
     /// Send `RateLimit` / `RateLimit-Policy` on allowed responses too, not only on 429.
     #[serde(default)]
     pub ratelimit_headers_on_allow: bool,
-    /// Write the per-request decision record to Envoy filter state (default true).
+    /// Write the per-request decision record to Envoy filter state, for an access log that
+    /// prints it (default false: it costs a host call on every request).
     #[serde(default)]
-    pub decision_record: Option<bool>,
+    pub decision_record: bool,
     /// What a method-override header (`X-HTTP-Method-Override`, ...) does (default refuse).
     #[serde(default)]
     pub method_override: Option<RawMethodOverride>,

@@ -27,7 +27,10 @@ fn minimal_policy_compiles_with_defaults() {
     .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(p.realm, "apiguard");
     assert_eq!(p.unmatched, Unmatched::Deny);
-    assert!(p.decision_record);
+    assert!(
+        !p.decision_record,
+        "the record is opt-in: a host call per request"
+    );
     assert!(!p.hold_headers_for_body && !p.ratelimit_headers_on_allow);
     let prov = &p.providers[0];
     assert_eq!(prov.rules.clock_skew_secs, 60);
@@ -103,6 +106,36 @@ fn every_error_is_reported_at_once_with_its_path() {
             "missing {want} in {errs:#?}"
         );
     }
+}
+
+/// `decision_record` is whatever the policy says; anything but a bool is refused with its
+/// path.
+#[test]
+fn decision_record_is_opt_in() {
+    let with = |record: Value| {
+        Policy::try_from(json!({
+            "decision_record": record,
+            "routes": [{"name": "r", "match": {"prefix": "/"}, "public": true}]
+        }))
+    };
+    let on = with(json!(true)).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(on.decision_record);
+    // What `apiguard check` and the `policy loaded` log line say.
+    assert_eq!(
+        on.summary(),
+        "0 provider(s), 1 route(s), decision record on"
+    );
+    let off = with(json!(false)).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!off.decision_record);
+    assert_eq!(
+        off.summary(),
+        "0 provider(s), 1 route(s), decision record off"
+    );
+    let errs = errors(json!({"decision_record": "yes"}));
+    assert!(
+        errs.iter().any(|e| e.contains("decision_record")),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -72,7 +72,7 @@ pub(super) fn compile(value: Value) -> Result<Policy, Vec<ConfigError>> {
         limits,
         ratelimit_headers_on_allow: raw.ratelimit_headers_on_allow,
         hold_headers_for_body: raw.hold_headers_for_body,
-        decision_record: raw.decision_record.unwrap_or(true),
+        decision_record: raw.decision_record,
         deny_log: match raw.deny_log {
             Some(RawLogLevel::Off) => None,
             Some(level) => Some(level),
