@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 use super::raw::RawBody;
@@ -256,7 +257,7 @@ fn body_required() -> Failure {
 /// UTF-8, nesting depth (before any parsing, in O(n) and constant stack), then a parse
 /// that refuses duplicate keys.
 pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
-    if std::str::from_utf8(body).is_err() {
+    let Ok(text) = std::str::from_utf8(body) else {
         return Err(Failure::one(
             400,
             "invalid_body",
@@ -264,7 +265,7 @@ pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> 
             "encoding",
             "is not valid UTF-8",
         ));
-    }
+    };
     if exceeds_depth(body, max_depth) {
         return Err(Failure::one(
             400,
@@ -274,7 +275,8 @@ pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> 
             &format!("nests objects and arrays deeper than {max_depth}"),
         ));
     }
-    match serde_json::from_slice::<Strict>(body) {
+    // From the checked text: the parser need not check each string's UTF-8 again.
+    match serde_json::from_str::<Strict>(text) {
         Ok(Strict(v)) => Ok(v),
         Err(e) => {
             let msg = e.to_string();
@@ -298,11 +300,7 @@ pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> 
 fn case_variant_keys(value: &Value) -> Option<String> {
     match value {
         Value::Object(map) => {
-            let mut seen = std::collections::HashSet::with_capacity(map.len());
-            let clash = map
-                .keys()
-                .any(|k| !seen.insert(k.to_uppercase().to_lowercase()));
-            if clash {
+            if has_case_variant_names(map) {
                 return Some(String::new());
             }
             map.iter().find_map(|(k, v)| {
@@ -318,25 +316,36 @@ fn case_variant_keys(value: &Value) -> Option<String> {
     }
 }
 
+/// Whether two member names of one object fold to the same name. Names that are ASCII
+/// without capitals fold to themselves and are distinct map keys, so an object with only
+/// such names (the usual JSON) is answered without allocating.
+fn has_case_variant_names(map: &Map<String, Value>) -> bool {
+    let folds_to_itself = |k: &String| k.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase());
+    if map.len() < 2 || map.keys().all(folds_to_itself) {
+        return false;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(map.len());
+    map.keys().any(|k| !seen.insert(fold_case(k)))
+}
+
+/// Unicode upper- then lower-casing; for ASCII that is plain ASCII lower-casing.
+fn fold_case(name: &str) -> String {
+    if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_uppercase().to_lowercase()
+    }
+}
+
 /// Whether arrays and objects nest deeper than `max`, brackets inside strings ignored.
 /// Multi-byte UTF-8 never contains ASCII bytes, so a byte scan is exact.
 pub(crate) fn exceeds_depth(body: &[u8], max: u32) -> bool {
     let mut depth: u32 = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut rest = body;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
         match b {
-            b'"' => in_string = true,
+            b'"' => rest = after_string(rest),
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -348,6 +357,25 @@ pub(crate) fn exceeds_depth(body: &[u8], max: u32) -> bool {
         }
     }
     false
+}
+
+/// What follows the string whose opening quote came just before `s` (empty if it is
+/// unterminated). Skips to the next quote or backslash at a time rather than tracking
+/// every byte: string contents are most of a typical body.
+fn after_string(mut s: &[u8]) -> &[u8] {
+    loop {
+        let Some(at) = s.iter().position(|&b| b == b'"' || b == b'\\') else {
+            return &[];
+        };
+        let Some((&hit, tail)) = s.get(at..).and_then(<[u8]>::split_first) else {
+            return &[];
+        };
+        if hit == b'"' {
+            return tail;
+        }
+        // A backslash: the escaped byte cannot end the string.
+        s = tail.get(1..).unwrap_or_default();
+    }
 }
 
 /// A `Value` whose objects may not repeat a key: serde_json would keep the last copy while
@@ -410,11 +438,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            // One lookup finds a repeated key and the place of a new one.
+            let Entry::Vacant(slot) = out.entry(key) else {
                 return Err(de::Error::custom(DUPLICATE_KEY));
-            }
+            };
             let Strict(v) = map.next_value()?;
-            out.insert(key, v);
+            slot.insert(v);
         }
         Ok(Value::Object(out))
     }
@@ -798,5 +827,116 @@ fn describe_scalar(kind: &boon::ErrorKind) -> (&'static str, String) {
         K::MultipleOf { want, .. } => ("multipleOf", format!("must be a multiple of {want}")),
         // `describe` sends only the kinds above here.
         _ => ("schema", "does not match the schema".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// The byte-at-a-time scan `exceeds_depth` replaced: the oracle for the faster one.
+    fn exceeds_depth_bytewise(body: &[u8], max: u32) -> bool {
+        let mut depth: u32 = 0;
+        let mut in_string = false;
+        let mut escaped = false;
+        for &b in body {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// The comparison `has_case_variant_names` replaced: every name folded, allocating.
+    fn has_case_variant_names_folding_all(map: &Map<String, Value>) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        map.keys()
+            .any(|k| !seen.insert(k.to_uppercase().to_lowercase()))
+    }
+
+    fn object(names: &[&str]) -> Map<String, Value> {
+        names.iter().map(|n| (n.to_string(), json!(1))).collect()
+    }
+
+    #[test]
+    fn strings_skip_brackets_and_escapes_whole() {
+        assert!(!exceeds_depth(br#"{"a":"[[[[\"{{{{","b":["\\"]}"#, 2));
+        assert!(exceeds_depth(br#"{"a":"\\",[[]]}"#, 2));
+        // An escaped quote does not end the string; a trailing backslash ends the input.
+        assert!(!exceeds_depth(br#"["\"[[["]"#, 1));
+        assert!(!exceeds_depth(br#"["\"#, 1));
+        // Unterminated: what follows the quote is string content.
+        assert!(!exceeds_depth(br#"["[[["#, 1));
+        assert!(exceeds_depth(b"[[", 1));
+    }
+
+    #[test]
+    fn names_differing_only_by_case_are_found_ascii_or_not() {
+        assert!(!has_case_variant_names(&object(&["amount", "currency"])));
+        assert!(!has_case_variant_names(&object(&["Amount", "currency"])));
+        assert!(has_case_variant_names(&object(&["amount", "AMOUNT"])));
+        // Non-ASCII names that fold onto ASCII ones: the Kelvin sign, the long s.
+        assert!(has_case_variant_names(&object(&["k", "\u{212A}"])));
+        assert!(has_case_variant_names(&object(&["\u{17F}um", "sum"])));
+        assert!(has_case_variant_names(&object(&["éclair", "Éclair"])));
+        assert!(!has_case_variant_names(&object(&["éclair", "eclair"])));
+        assert!(!has_case_variant_names(&object(&["K"])));
+    }
+
+    #[test]
+    fn a_valid_body_still_parses_into_the_same_value() {
+        let body = br#"{"b":[1,2.5,"x",{"k":null}],"a":true,"c":{}}"#;
+        let parsed = parse_json(body, 8).unwrap_or_else(|f| panic!("{f:?}"));
+        let plain: Value = serde_json::from_slice(body).unwrap_or_default();
+        assert_eq!(parsed, plain);
+        let f = parse_json(br#"{"a":1,"b":{"c":2,"c":3}}"#, 8).unwrap_err();
+        assert_eq!(f.errors[0].rule, "duplicateKey");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_depth_scan_agrees_with_the_bytewise_one(
+            body in proptest::collection::vec(
+                prop::sample::select(b"[]{}\"\\a:,".to_vec()), 0..40),
+            max in 0u32..6,
+        ) {
+            prop_assert_eq!(exceeds_depth(&body, max), exceeds_depth_bytewise(&body, max));
+        }
+
+        #[test]
+        fn the_case_check_agrees_with_folding_every_name(
+            names in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop::sample::select(vec!["k", "K", "\u{212A}", "s", "S", "\u{17F}", "é", "É", "_"]),
+                    1..4),
+                0..5),
+        ) {
+            let names: Vec<String> = names.iter().map(|parts| parts.concat()).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let map = object(&names);
+            prop_assert_eq!(has_case_variant_names(&map), has_case_variant_names_folding_all(&map));
+        }
     }
 }
