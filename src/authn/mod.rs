@@ -162,12 +162,12 @@ pub struct Authentication {
 
 /// Tries every principal source the route accepts, in policy order; the first valid
 /// credential wins. Failures are reported for the most specific source that saw one.
-/// `now` (seconds) judges token lifetimes.
+/// The clock (`ctx.host`) is read only to judge a token's lifetime: API keys and
+/// certificates need none (in Envoy each read is a host call).
 pub fn authenticate(
     keyring: &mut Keyring,
     ctx: &RequestCtx,
     principals: &[PrincipalRef],
-    now: u64,
     metrics: &mut dyn Metrics,
 ) -> Authentication {
     let jwt_count = principals
@@ -178,7 +178,6 @@ pub fn authenticate(
         keyring,
         ctx,
         metrics,
-        now,
         issuers_share_sources: jwt_count > 1,
         refetch: Vec::new(),
     };
@@ -194,7 +193,6 @@ struct Tries<'k, 'c, 'm> {
     keyring: &'k mut Keyring,
     ctx: &'c RequestCtx<'c>,
     metrics: &'m mut dyn Metrics,
-    now: u64,
     /// More than one JWT provider may read the same header: tokens are sorted by issuer.
     issuers_share_sources: bool,
     refetch: Vec<usize>,
@@ -275,7 +273,7 @@ impl Tries<'_, '_, '_> {
             return Attempt::KeysPending;
         };
         let generation = keys.generation;
-        let now = self.now;
+        let now = self.ctx.host.clock.now_secs();
         let cache = &mut self.keyring.cache;
         if let Some(verified) = cache.get(id, generation, token, &provider.rules, now) {
             self.metrics.incr("apiguard.jwt.cache_hit");

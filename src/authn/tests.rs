@@ -62,7 +62,7 @@ fn run(
         query,
         host: &host,
     };
-    authenticate(keyring, &ctx, accepted, NOW, &mut Counted::default())
+    authenticate(keyring, &ctx, accepted, &mut Counted::default())
 }
 
 fn refusal(a: &Authentication) -> (u16, &'static str) {

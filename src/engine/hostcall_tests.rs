@@ -70,6 +70,10 @@ impl Metrics for CountingMetrics<'_> {
     }
 }
 
+/// SHA-256 of `PARTNER_KEY` (an API key of the `partners` set).
+const PARTNER_KEY: &str = "k_unit_test_key_0123456789";
+const PARTNER_KEY_SHA256: &str = "0b0a23f5a028258b3a7bb22f119c738d43f9e2216d56ecf34b279bf79f7967e0";
+
 /// The bench's policy shape: a public route, and a JWT route with a scope and one limit
 /// keyed by `sub`.
 fn engine() -> Engine {
@@ -79,8 +83,12 @@ fn engine() -> Engine {
         "limits": [{"name": "huge", "capacity": 1_000_000_000u64,
                     "refill": {"tokens": 1_000_000_000u64, "period_seconds": 1},
                     "key": [{"claim": "sub"}]}],
+        "api_keys": [{"name": "partners", "keys": [{"client_id": "partner-a", "sha256": PARTNER_KEY_SHA256}]}],
+        "client_certs": [{"name": "mesh", "uri_sans": ["spiffe://test/ns/a/sa/b"]}],
         "routes": [
             {"name": "public", "match": {"path": "/public", "methods": ["GET"]}, "public": true},
+            {"name": "keyed", "match": {"path": "/keyed"}, "providers": ["partners"]},
+            {"name": "mesh", "match": {"path": "/mesh"}, "providers": ["mesh"]},
             {"name": "items", "match": {"path": "/items", "methods": ["GET"]}, "providers": ["test"],
              "scopes": {"all_of": ["items:read"]}, "limits": ["huge"]},
         ]
@@ -101,12 +109,23 @@ struct Counted {
 }
 
 fn count(e: &mut Engine, store: &FakeStore, path: &str, token: Option<&str>) -> Counted {
-    let calls = Calls::default();
     let auth = token.map(|t| format!("Bearer {t}"));
-    let mut req = TestRequest::get(path).headers(&[(":method", "GET"), (":path", path)]);
-    if let Some(a) = &auth {
-        req = req.header("authorization", a);
+    match &auth {
+        Some(a) => count_with(e, store, path, &[("authorization", a)]),
+        None => count_with(e, store, path, &[]),
     }
+}
+
+fn count_with(
+    e: &mut Engine,
+    store: &FakeStore,
+    path: &str,
+    credentials: &[(&str, &str)],
+) -> Counted {
+    let calls = Calls::default();
+    let req = TestRequest::get(path)
+        .headers(&[(":method", "GET"), (":path", path)])
+        .headers(credentials);
     let clock = CountingClock(&calls, FakeClock::at_secs(1_700_000_100));
     let counting_store = CountingStore(&calls, store);
     let peer = CountingPeer(
@@ -159,16 +178,16 @@ fn a_public_route_reads_no_clock_no_shared_data_no_property() {
     assert_eq!(count(&mut e, &store, "/public", None), public);
 }
 
-/// The clock is asked three times on an authenticated route with a limit (seconds for the
-/// token, milliseconds for the lockout check and the limit): the glue's `CallClock` makes
-/// that one host call per request. A limit keyed by `sub` asks no connection property.
+/// The clock is asked twice on a JWT route with a limit (seconds for the token's lifetime,
+/// milliseconds for the limit; the route has no lockout): the glue's `CallClock` makes that
+/// one host call per request. A limit keyed by `sub` asks no connection property.
 #[test]
 fn a_jwt_route_with_a_limit_reads_and_writes_its_bucket_once() {
     let (mut e, store) = (engine(), FakeStore::default());
     // First request: verify (cache miss), create the bucket (one probe, one write);
     // counters: cache miss, limit allowed, apiguard.allowed.
     let items = Counted {
-        clock: 3,
+        clock: 2,
         store_reads: 1,
         store_writes: 1,
         counters: 3,
@@ -177,4 +196,34 @@ fn a_jwt_route_with_a_limit_reads_and_writes_its_bucket_once() {
     assert_eq!(count(&mut e, &store, "/items", Some(READ)), items);
     // Cached token: the same crossings (cache hit counter instead of miss).
     assert_eq!(count(&mut e, &store, "/items", Some(READ)), items);
+}
+
+/// An API key or a client certificate judges no lifetime: without limits or lockouts on
+/// the route, no clock is read. The certificate route asks the certificate's URI SAN and
+/// subject (both become claims for rules; two `get_property` calls in Envoy).
+#[test]
+fn api_key_and_certificate_routes_without_limits_read_no_clock() {
+    let (mut e, store) = (engine(), FakeStore::default());
+    let keyed = count_with(&mut e, &store, "/keyed", &[("x-api-key", PARTNER_KEY)]);
+    assert_eq!(
+        keyed,
+        Counted {
+            clock: 0,
+            store_reads: 0,
+            store_writes: 0,
+            counters: 1,
+            properties: 0,
+        }
+    );
+    let mesh = count_with(&mut e, &store, "/mesh", &[]);
+    assert_eq!(
+        mesh,
+        Counted {
+            clock: 0,
+            store_reads: 0,
+            store_writes: 0,
+            counters: 1,
+            properties: 2,
+        }
+    );
 }

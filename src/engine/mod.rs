@@ -324,21 +324,18 @@ impl Engine {
         accepted: &[PrincipalRef],
         metrics: &mut dyn Metrics,
     ) -> (Authentication, Vec<GlobalCall>) {
-        let (policy, req, store) = (ctx.policy, ctx.req, ctx.host.store);
-        if let Some(d) = lockout::check(policy, route, req, store, ctx.host.clock.now_millis()) {
+        let (policy, req) = (ctx.policy, ctx.req);
+        if let Some(d) = lockout::check(policy, route, req, ctx.host) {
             let locked = Authentication {
                 result: Err(Box::new(d)),
                 refetch: Vec::new(),
             };
             return (locked, Vec::new());
         }
-        // Read here, not before: a public route needs no clock (in Envoy the glue's
-        // `CallClock` reads it at the first ask, and a host call is microseconds).
-        let now = ctx.host.clock.now_secs();
-        let authn = authn::authenticate(&mut self.keyring, ctx, accepted, now, metrics);
+        let authn = authn::authenticate(&mut self.keyring, ctx, accepted, metrics);
         let failed = matches!(&authn.result, Err(d) if lockout::is_auth_failure(d));
         if failed {
-            lockout::record_failure(policy, route, req, store, ctx.host.clock.now_millis());
+            lockout::record_failure(policy, route, req, ctx.host);
         }
         let kind = if failed {
             CallKind::LockoutCharge

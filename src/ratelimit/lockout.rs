@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::global::{self, CallKind, GlobalCall};
 use super::{acquire, headers, key, Acquire};
-use crate::engine::RequestHead;
+use crate::engine::{Host, RequestHead};
 use crate::policy::{KeyPart, Limit, Policy, Route};
 use crate::problem::Denial;
 
@@ -109,22 +109,16 @@ fn bucket_key(limit: &Limit, route: &Route, req: &RequestHead) -> String {
 }
 
 /// Before authentication: the first lockout limit of the route whose bucket for this
-/// request's key is empty refuses it.
-pub fn check(
-    policy: &Policy,
-    route: &Route,
-    req: &RequestHead,
-    store: &dyn crate::host::SharedStore,
-    now_ms: u64,
-) -> Option<Denial> {
+/// request's key is empty refuses it. The clock is read only for a lockout (a host call).
+pub fn check(policy: &Policy, route: &Route, req: &RequestHead, host: &Host) -> Option<Denial> {
     for limit in lockouts(policy, route) {
         // A take of 0 reads the refilled bucket (it never refuses).
         let remaining = match acquire(
-            store,
+            host.store,
             &limit.spec,
             &bucket_key(limit, route, req),
             0,
-            now_ms,
+            host.clock.now_millis(),
         ) {
             Acquire::Allowed { remaining, .. } | Acquire::Limited { remaining, .. } => remaining,
             // The store failed: `on_store_failure` decides, as for any limit.
@@ -143,20 +137,14 @@ pub fn check(
 }
 
 /// After a refusal that `is_auth_failure`: charges every lockout limit of the route.
-pub fn record_failure(
-    policy: &Policy,
-    route: &Route,
-    req: &RequestHead,
-    store: &dyn crate::host::SharedStore,
-    now_ms: u64,
-) {
+pub fn record_failure(policy: &Policy, route: &Route, req: &RequestHead, host: &Host) {
     for limit in lockouts(policy, route) {
         let _ = acquire(
-            store,
+            host.store,
             &limit.spec,
             &bucket_key(limit, route, req),
             limit.cost(req.method),
-            now_ms,
+            host.clock.now_millis(),
         );
     }
 }
