@@ -174,6 +174,38 @@ fn schema_errors_point_into_the_schema() {
     );
 }
 
+/// The regex engine is built with only the Unicode tables an ECMA-262 pattern can name
+/// (vendor/boon/APIGUARD.md): classes by general category, script and binary property,
+/// case folding and `\w \d \s` work in schema and parameter patterns alike.
+#[test]
+fn ecma_unicode_classes_match_in_patterns() {
+    let v = compile(json!({"query": {
+        "word": {"pattern": "^\\p{L}+$"},
+        "greek": {"pattern": "^\\p{Greek}+$"},
+        "alpha": {"pattern": "^\\p{Alphabetic}+$"},
+    }}));
+    // "été", "αβ", "Ωé"
+    query(
+        &v,
+        "word=%C3%A9t%C3%A9&greek=%CE%B1%CE%B2&alpha=%CE%A9%C3%A9",
+    )
+    .unwrap();
+    assert_eq!(
+        rules(&query(&v, "word=a1&greek=ab&alpha=a-").unwrap_err()),
+        [
+            ("query/alpha", "pattern"),
+            ("query/greek", "pattern"),
+            ("query/word", "pattern")
+        ]
+    );
+    let body = compile(json!({"body": {"schema": {
+        "properties": {"name": {"pattern": "^\\w+\\d$"}}
+    }}}));
+    body.check_body(br#"{"name": "abc2"}"#).unwrap();
+    // ECMA-262's `\w` is ASCII (boon translates it so): "é2" does not match.
+    assert!(body.check_body("{\"name\": \"é2\"}".as_bytes()).is_err());
+}
+
 #[test]
 fn schemas_are_never_fetched() {
     for target in [
