@@ -1,9 +1,10 @@
 //! The body rule: media type (415), size (413), then for JSON bodies UTF-8, syntax,
 //! nesting depth, duplicate keys and the JSON Schema (400).
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
@@ -18,6 +19,8 @@ use super::{
 const ROOT_URL: &str = "https://apiguard.invalid/body-schema.json";
 /// The custom serde error raised for a repeated object key; recognised by its prefix.
 const DUPLICATE_KEY: &str = "duplicate object key";
+/// The custom serde error that stops a parse nested deeper than `max_depth`.
+const TOO_DEEP: &str = "nested too deeply";
 
 enum MediaTypes {
     Any,
@@ -206,8 +209,12 @@ impl BodyRule {
         let Some(max_depth) = self.json_depth else {
             return Ok(());
         };
-        let value = parse_json(body, max_depth)?;
-        if self.fold_case_duplicates {
+        let Parsed {
+            value,
+            names_to_fold,
+        } = parse_json(body, max_depth)?;
+        // Only names that do not fold to themselves can be case variants of each other.
+        if self.fold_case_duplicates && names_to_fold {
             if let Some(pointer) = case_variant_keys(&value) {
                 return Err(Failure::one(
                     400,
@@ -254,9 +261,18 @@ fn body_required() -> Failure {
     )
 }
 
-/// UTF-8, nesting depth (before any parsing, in O(n) and constant stack), then a parse
-/// that refuses duplicate keys.
-pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
+/// A body parsed by `parse_json`.
+pub(crate) struct Parsed {
+    pub(crate) value: Value,
+    /// Some object member name is not ASCII without capitals (see `has_case_variant_names`).
+    pub(crate) names_to_fold: bool,
+}
+
+/// UTF-8, then a parse that refuses duplicate keys and stops at `max_depth` (so its
+/// recursion is bounded). A failed parse is explained as before any parsing: too deep if
+/// the whole body nests deeper than `max_depth` (an O(n) scan in constant stack), else the
+/// parser's error. A parse that succeeded nested no deeper, so it needs no scan.
+pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Parsed, Failure> {
     let Ok(text) = std::str::from_utf8(body) else {
         return Err(Failure::one(
             400,
@@ -266,18 +282,29 @@ pub(crate) fn parse_json(body: &[u8], max_depth: u32) -> Result<Value, Failure> 
             "is not valid UTF-8",
         ));
     };
-    if exceeds_depth(body, max_depth) {
-        return Err(Failure::one(
+    let names_to_fold = Cell::new(false);
+    let top = Level {
+        depth: 0,
+        max_depth,
+        names_to_fold: &names_to_fold,
+    };
+    // From the checked text: the parser need not check each string's UTF-8 again.
+    let mut parser = serde_json::Deserializer::from_str(text);
+    let parsed = top
+        .deserialize(&mut parser)
+        .and_then(|value| parser.end().map(|()| value));
+    match parsed {
+        Ok(value) => Ok(Parsed {
+            value,
+            names_to_fold: names_to_fold.get(),
+        }),
+        Err(_) if exceeds_depth(body, max_depth) => Err(Failure::one(
             400,
             "too_deep",
             "",
             "maxDepth",
             &format!("nests objects and arrays deeper than {max_depth}"),
-        ));
-    }
-    // From the checked text: the parser need not check each string's UTF-8 again.
-    match serde_json::from_str::<Strict>(text) {
-        Ok(Strict(v)) => Ok(v),
+        )),
         Err(e) => {
             let msg = e.to_string();
             let rule = if msg.starts_with(DUPLICATE_KEY) {
@@ -320,12 +347,17 @@ fn case_variant_keys(value: &Value) -> Option<String> {
 /// without capitals fold to themselves and are distinct map keys, so an object with only
 /// such names (the usual JSON) is answered without allocating.
 fn has_case_variant_names(map: &Map<String, Value>) -> bool {
-    let folds_to_itself = |k: &String| k.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase());
-    if map.len() < 2 || map.keys().all(folds_to_itself) {
+    if map.len() < 2 || map.keys().all(|k| folds_to_itself(k)) {
         return false;
     }
     let mut seen = std::collections::HashSet::with_capacity(map.len());
     map.keys().any(|k| !seen.insert(fold_case(k)))
+}
+
+/// ASCII without capitals: such a name is its own case fold.
+fn folds_to_itself(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
 }
 
 /// Unicode upper- then lower-casing; for ASCII that is plain ASCII lower-casing.
@@ -378,19 +410,37 @@ fn after_string(mut s: &[u8]) -> &[u8] {
     }
 }
 
-/// A `Value` whose objects may not repeat a key: serde_json would keep the last copy while
-/// the application behind may keep the first, so duplicates are refused.
-struct Strict(Value);
+/// Parses one value at `depth` (the arrays and objects around it) into a `Value` whose
+/// objects may not repeat a key: serde_json would keep the last copy while the application
+/// behind may keep the first, so duplicates are refused. An array or object deeper than
+/// `max_depth` stops the parse; names that do not fold to themselves are noted.
+#[derive(Clone, Copy)]
+struct Level<'a> {
+    depth: u32,
+    max_depth: u32,
+    names_to_fold: &'a Cell<bool>,
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl Level<'_> {
+    /// The level of a container's members; an error if the container is too deep.
+    fn inner<E: de::Error>(self) -> Result<Self, E> {
+        let depth = self.depth.saturating_add(1);
+        if depth > self.max_depth {
+            return Err(E::custom(TOO_DEEP));
+        }
+        Ok(Level { depth, ..self })
     }
 }
 
-struct StrictVisitor;
+impl<'de> DeserializeSeed<'de> for Level<'_> {
+    type Value = Value;
 
-impl<'de> Visitor<'de> for StrictVisitor {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Level<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -428,22 +478,26 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
         let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(inner)? {
             items.push(v);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            if !folds_to_itself(&key) {
+                self.names_to_fold.set(true);
+            }
             // One lookup finds a repeated key and the place of a new one.
             let Entry::Vacant(slot) = out.entry(key) else {
                 return Err(de::Error::custom(DUPLICATE_KEY));
             };
-            let Strict(v) = map.next_value()?;
-            slot.insert(v);
+            slot.insert(map.next_value_seed(inner)?);
         }
         Ok(Value::Object(out))
     }
@@ -874,6 +928,22 @@ mod tests {
             .any(|k| !seen.insert(k.to_uppercase().to_lowercase()))
     }
 
+    /// Nested arrays and objects with short names, some repeated across levels.
+    fn json_values() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![Just(json!(1)), Just(json!("s")), Just(json!(null))];
+        leaf.prop_recursive(6, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop::sample::select(vec!["a".to_string(), "B".to_string(), "c".to_string()]),
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     fn object(names: &[&str]) -> Map<String, Value> {
         names.iter().map(|n| (n.to_string(), json!(1))).collect()
     }
@@ -903,14 +973,128 @@ mod tests {
         assert!(!has_case_variant_names(&object(&["K"])));
     }
 
+    /// The parse `parse_json` replaced: the whole-body depth scan first, then a parse that
+    /// refuses duplicate keys (serde_json's `Value` visitor plus that check).
+    fn parse_json_scan_first(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
+        struct Strict(Value);
+        impl<'de> serde::Deserialize<'de> for Strict {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(StrictVisitor).map(Strict)
+            }
+        }
+        struct StrictVisitor;
+        impl<'de> Visitor<'de> for StrictVisitor {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+                Number::from_f64(v)
+                    .map(Value::Number)
+                    .ok_or_else(|| E::custom("number out of range"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::String(v.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Strict(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut out = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.contains_key(&key) {
+                        return Err(de::Error::custom(DUPLICATE_KEY));
+                    }
+                    let Strict(v) = map.next_value()?;
+                    out.insert(key, v);
+                }
+                Ok(Value::Object(out))
+            }
+        }
+        if std::str::from_utf8(body).is_err() {
+            return Err(Failure::one(
+                400,
+                "invalid_body",
+                "",
+                "encoding",
+                "is not valid UTF-8",
+            ));
+        }
+        if exceeds_depth_bytewise(body, max_depth) {
+            let msg = format!("nests objects and arrays deeper than {max_depth}");
+            return Err(Failure::one(400, "too_deep", "", "maxDepth", &msg));
+        }
+        match serde_json::from_slice::<Strict>(body) {
+            Ok(Strict(v)) => Ok(v),
+            Err(e) => {
+                let msg = e.to_string();
+                let rule = if msg.starts_with(DUPLICATE_KEY) {
+                    "duplicateKey"
+                } else {
+                    "syntax"
+                };
+                Err(Failure::one(400, "invalid_body", "", rule, &msg))
+            }
+        }
+    }
+
+    fn parse(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
+        parse_json(body, max_depth).map(|p| p.value)
+    }
+
     #[test]
     fn a_valid_body_still_parses_into_the_same_value() {
         let body = br#"{"b":[1,2.5,"x",{"k":null}],"a":true,"c":{}}"#;
-        let parsed = parse_json(body, 8).unwrap_or_else(|f| panic!("{f:?}"));
+        let parsed = parse(body, 8).unwrap_or_else(|f| panic!("{f:?}"));
         let plain: Value = serde_json::from_slice(body).unwrap_or_default();
         assert_eq!(parsed, plain);
-        let f = parse_json(br#"{"a":1,"b":{"c":2,"c":3}}"#, 8).unwrap_err();
+        let f = parse(br#"{"a":1,"b":{"c":2,"c":3}}"#, 8).unwrap_err();
         assert_eq!(f.errors[0].rule, "duplicateKey");
+    }
+
+    #[test]
+    fn too_deep_is_said_before_any_other_parse_error_as_before() {
+        // The syntax error and the duplicate key come first in the text: still too deep.
+        for body in [
+            r#"{"a":1,}[[[[["#,
+            r#"{"a":1,"a":[[[[[]]]]]}"#,
+            "[[[[[1]]]]]",
+        ] {
+            let f = parse(body.as_bytes(), 3).unwrap_err();
+            assert_eq!(
+                (f.reason, f.errors[0].rule.as_str()),
+                ("too_deep", "maxDepth")
+            );
+            assert_eq!(parse_json_scan_first(body.as_bytes(), 3), Err(f));
+        }
+        assert!(parse(b"[[[1]]]", 3).is_ok());
+        // Trailing text after the value is a syntax error.
+        assert_eq!(parse(b"[] x", 3).unwrap_err().errors[0].rule, "syntax");
+    }
+
+    #[test]
+    fn the_parse_notes_names_that_do_not_fold_to_themselves() {
+        let notes = |body: &str| parse_json(body.as_bytes(), 8).map(|p| p.names_to_fold);
+        assert_eq!(notes(r#"{"a":[{"b_1":{"c-d":1}}],"e":"F"}"#), Ok(false));
+        assert_eq!(notes(r#"{"a":[{"b":{"C":1}}]}"#), Ok(true));
+        assert_eq!(notes(r#"{"a":{"\u017f":1}}"#), Ok(true));
+        assert_eq!(notes(r#"["A","\u212a"]"#), Ok(false));
     }
 
     proptest! {
@@ -923,6 +1107,24 @@ mod tests {
             max in 0u32..6,
         ) {
             prop_assert_eq!(exceeds_depth(&body, max), exceeds_depth_bytewise(&body, max));
+        }
+
+        #[test]
+        fn the_parse_agrees_with_scanning_first(
+            body in proptest::collection::vec(
+                prop::sample::select(b"[]{}\"\\a:,1 ".to_vec()), 0..24),
+            max in 1u32..5,
+        ) {
+            prop_assert_eq!(parse(&body, max), parse_json_scan_first(&body, max));
+        }
+
+        #[test]
+        fn the_parse_agrees_with_scanning_first_on_json(
+            value in json_values(),
+            max in 1u32..5,
+        ) {
+            let body = value.to_string();
+            prop_assert_eq!(parse(body.as_bytes(), max), parse_json_scan_first(body.as_bytes(), max));
         }
 
         #[test]

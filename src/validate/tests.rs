@@ -800,7 +800,7 @@ fn exceeds_depth_unclosed() -> bool {
 
 #[test]
 fn serde_json_alone_errors_rather_than_overflowing() {
-    // The backstop behind the pre-scan: serde_json's recursion limit (128) is an error.
+    // The backstop behind the parse's own depth limit: serde_json's recursion limit (128) is an error.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(serde_json::from_str::<Value>(&deep).is_err());
     let at_limit = format!("{}{}", "[".repeat(128), "]".repeat(128));
