@@ -43,6 +43,7 @@ import urllib.error
 import urllib.request
 
 import jwt as pyjwt  # PyJWT
+import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENVOY = pathlib.Path(os.environ.get("APIGUARD_ENVOY") or REPO / ".venv" / "bin" / "envoy")
@@ -299,6 +300,13 @@ def apiguard_filters() -> list[dict]:
     return wasm_filter("apiguard", WASM, json.dumps(apiguard_policy()))
 
 
+# tcmalloc's background release as the shipped configs set it (envoy/envoy.yaml), in every
+# variant: memory_per_worker also measures apiguard without it (docs/performance.md, "Memory").
+SHIPPED_MEMORY_RELEASE = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())[
+    "memory_allocator_manager"]
+MEMORY_RELEASE = {"on": True}
+
+
 def bootstrap(variant: str, port: int, admin_port: int) -> dict:
     filters = {
         "baseline": [],
@@ -330,7 +338,9 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
                 {"endpoint": {"address": {"socket_address": {
                     "address": "127.0.0.1", "port_value": RLS_PORT}}}}]}]},
         })
+    release = {"memory_allocator_manager": SHIPPED_MEMORY_RELEASE} if MEMORY_RELEASE["on"] else {}
     return {
+        **release,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"clusters": clusters, "listeners": [{
             "name": "bench",
@@ -398,22 +408,26 @@ class EnvoyProc:
 
 def memory_per_worker(work: pathlib.Path, variants: list[str]) -> dict:
     """VmRSS with 1, 2 and 4 workers (each worker runs its own Wasm VM): (4 - 1) / 3 is
-    what one more worker costs. Idle Envoys, after a few requests."""
+    what one more worker costs. Idle Envoys, after a few requests and 3 s (the shipped
+    tcmalloc release gives back 16 MiB a second). `apiguard_no_release` is apiguard with
+    Envoy's default allocator settings (nothing released)."""
     out = {}
-    for v in variants:
+    for v in variants + (["apiguard_no_release"] if "apiguard" in variants else []):
+        MEMORY_RELEASE["on"] = v != "apiguard_no_release"
         rss = {}
         for n in (1, 2, 4):
-            e = EnvoyProc(v, work, concurrency=n, cpus="0-1")
+            e = EnvoyProc(v.removesuffix("_no_release"), work, concurrency=n, cpus="0-1")
             try:
                 e.wait_ready()
                 for _ in range(20):
                     request(e.port, "GET", "/public", {})
-                time.sleep(1.0)
+                time.sleep(3.0)
                 rss[n] = e.rss_kb()
             finally:
                 e.stop()
         out[v] = {"workers_1": rss[1], "workers_2": rss[2], "workers_4": rss[4],
                   "per_worker": (rss[4] - rss[1]) // 3}
+    MEMORY_RELEASE["on"] = True
     return out
 
 
@@ -738,6 +752,10 @@ def footprint_lines(meta: dict, summary: dict, variant: str = "apiguard") -> lis
         rows.append((f"Envoy VmRSS, `--concurrency {n}` (MB; over no-op Wasm)",
                      "n/a" if ag is None else f"{ag / 1024:.0f} ({fmt(extra, '{:+.0f}')})",
                      "≤ no-op + 20", ok(extra, lambda v: v <= 20)))
+    unreleased = mem.get("apiguard_no_release", {}).get("workers_1")
+    if variant == "apiguard" and unreleased:
+        rows.append(("same, `--concurrency 1`, without the shipped tcmalloc release (MB)",
+                     f"{unreleased / 1024:.0f}", "–", "–"))
     if variant in mem:
         rows.append(("each added worker (MB)", f"{mem[variant]['per_worker'] / 1024:.1f}", "–", "–"))
     for sc, label in (("rs256_one_token", "reused RS256 token"),
