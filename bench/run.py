@@ -88,6 +88,11 @@ SCENARIOS = {
     "rs256_one_token": ("GET", "/items", "rs256_one", VARIANTS),
     "rs256_10k_tokens": ("GET", "/items", "rs256_many", VARIANTS),
     "es256_10k_tokens": ("GET", "/items", "es256_many", VARIANTS),
+    # The same 10k RS256 tokens with one shared bucket, like the native chain's single
+    # local_ratelimit bucket (the scenario above keys apiguard's limit by `sub`: each new
+    # token is also a new bucket, which the native chain cannot express).
+    "rs256_10k_tokens_one_bucket": ("GET", "/items-one-bucket", "rs256_many",
+                                    ["baseline", "native_cache", "apiguard"]),
     "post_1k_json_schema": ("POST", "/items", None, ["baseline", "apiguard"]),
     # A public route: no credential, no limit, no validation. What is left is the fixed cost
     # of running the Wasm filter at all (VM call, header map, routing, decision record).
@@ -275,6 +280,10 @@ def full_apiguard_policy() -> dict:
              "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
             {"name": "get-item-grpc", "match": {"grpc": {"service": "demo.v1.Items", "method": "Get"}},
              "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]}, "limits": ["huge"]},
+            {"name": "list-items-one-bucket",
+             "match": {"path": "/items-one-bucket", "methods": ["GET"]},
+             "providers": ["demo"], "scopes": {"all_of": [REQUIRED_SCOPE]},
+             "limits": ["huge_local"]},
             {"name": "create-item", "match": {"path": "/items", "methods": ["POST"]},
              "public": True,
              "validate": {"body": {"content_types": ["application/json"], "max_bytes": 4096,
@@ -442,6 +451,7 @@ def host_calls(work: pathlib.Path, wanted: list[str], token_lists: dict, body: b
     requests = 200
     e = EnvoyProc("apiguard_count", work)
     out = {}
+    consumed = {}  # tokens of a set already sent: a later scenario rotates through new ones
     try:
         e.wait_ready()
         for sc in wanted:
@@ -449,8 +459,11 @@ def host_calls(work: pathlib.Path, wanted: list[str], token_lists: dict, body: b
             if "apiguard" not in variants or sc.endswith("_1conn"):
                 continue
             toks = token_lists[tokens] if tokens else [None]
+            start = consumed.get(tokens, 0)
+            consumed[tokens] = start + requests + 1
+
             def one(i: int) -> None:
-                tok = toks[i % len(toks)]
+                tok = toks[(start + i) % len(toks)]
                 headers = {"Authorization": f"Bearer {tok}"} if tok else {}
                 if method == "POST":
                     headers["Content-Type"] = "application/json"
@@ -760,6 +773,7 @@ def footprint_lines(meta: dict, summary: dict, variant: str = "apiguard") -> lis
         rows.append(("each added worker (MB)", f"{mem[variant]['per_worker'] / 1024:.1f}", "–", "–"))
     for sc, label in (("rs256_one_token", "reused RS256 token"),
                       ("rs256_10k_tokens", "10k rotated RS256 tokens"),
+                      ("rs256_10k_tokens_one_bucket", "10k rotated RS256 tokens, one bucket"),
                       ("es256_10k_tokens", "10k rotated ES256 tokens")):
         by_v = summary.get(sc, {})
         r = by_v[variant]["rps"] / by_v["native_cache"]["rps"] if variant in by_v and "native_cache" in by_v else None
