@@ -313,10 +313,9 @@ def apiguard_filters() -> list[dict]:
 # variant: memory_per_worker also measures apiguard without it (docs/performance.md, "Memory").
 SHIPPED_MEMORY_RELEASE = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())[
     "memory_allocator_manager"]
-MEMORY_RELEASE = {"on": True}
 
 
-def bootstrap(variant: str, port: int, admin_port: int) -> dict:
+def bootstrap(variant: str, port: int, admin_port: int, memory_release: bool = True) -> dict:
     filters = {
         "baseline": [],
         "native_cache": native_filters(cache=True),
@@ -347,7 +346,7 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
                 {"endpoint": {"address": {"socket_address": {
                     "address": "127.0.0.1", "port_value": RLS_PORT}}}}]}]},
         })
-    release = {"memory_allocator_manager": SHIPPED_MEMORY_RELEASE} if MEMORY_RELEASE["on"] else {}
+    release = {"memory_allocator_manager": SHIPPED_MEMORY_RELEASE} if memory_release else {}
     return {
         **release,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -369,13 +368,13 @@ def bootstrap(variant: str, port: int, admin_port: int) -> dict:
 
 class EnvoyProc:
     def __init__(self, variant: str, workdir: pathlib.Path, concurrency: int = 1,
-                 cpus: str = ENVOY_CPU):
+                 cpus: str = ENVOY_CPU, memory_release: bool = True):
         self.variant = variant
         self.port = free_port()
         self.admin = free_port()
         name = f"{variant}-c{concurrency}"
         cfg = workdir / f"{name}.json"
-        cfg.write_text(json.dumps(bootstrap(variant, self.port, self.admin)))
+        cfg.write_text(json.dumps(bootstrap(variant, self.port, self.admin, memory_release)))
         self.log = open(workdir / f"{name}.log", "wb")
         # taskset execs Envoy, so this pid is Envoy's.
         self.proc = subprocess.Popen(
@@ -429,10 +428,10 @@ def memory_per_worker(work: pathlib.Path, variants: list[str]) -> dict:
     Envoy's default allocator settings (nothing released)."""
     out = {}
     for v in variants + (["apiguard_no_release"] if "apiguard" in variants else []):
-        MEMORY_RELEASE["on"] = v != "apiguard_no_release"
         rss = {}
         for n in (1, 2, 4):
-            e = EnvoyProc(v.removesuffix("_no_release"), work, concurrency=n, cpus="0-1")
+            e = EnvoyProc(v.removesuffix("_no_release"), work, concurrency=n, cpus="0-1",
+                          memory_release=v != "apiguard_no_release")
             try:
                 e.wait_ready()
                 for _ in range(20):
@@ -443,7 +442,6 @@ def memory_per_worker(work: pathlib.Path, variants: list[str]) -> dict:
                 e.stop()
         out[v] = {"workers_1": rss[1], "workers_2": rss[2], "workers_4": rss[4],
                   "per_worker": (rss[4] - rss[1]) // 3}
-    MEMORY_RELEASE["on"] = True
     return out
 
 

@@ -974,59 +974,9 @@ mod tests {
     }
 
     /// The parse `parse_json` replaced: the whole-body depth scan first, then a parse that
-    /// refuses duplicate keys (serde_json's `Value` visitor plus that check).
+    /// refuses duplicate keys, with no depth limit of its own (the same visitor, so what
+    /// is compared is the order of the checks and where the parse stops).
     fn parse_json_scan_first(body: &[u8], max_depth: u32) -> Result<Value, Failure> {
-        struct Strict(Value);
-        impl<'de> serde::Deserialize<'de> for Strict {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(StrictVisitor).map(Strict)
-            }
-        }
-        struct StrictVisitor;
-        impl<'de> Visitor<'de> for StrictVisitor {
-            type Value = Value;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-                Ok(Value::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-                Ok(Value::Number(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-                Ok(Value::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-                Number::from_f64(v)
-                    .map(Value::Number)
-                    .ok_or_else(|| E::custom("number out of range"))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-                Ok(Value::String(v.to_string()))
-            }
-            fn visit_unit<E>(self) -> Result<Value, E> {
-                Ok(Value::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-                let mut items = Vec::new();
-                while let Some(Strict(v)) = seq.next_element()? {
-                    items.push(v);
-                }
-                Ok(Value::Array(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-                let mut out = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if out.contains_key(&key) {
-                        return Err(de::Error::custom(DUPLICATE_KEY));
-                    }
-                    let Strict(v) = map.next_value()?;
-                    out.insert(key, v);
-                }
-                Ok(Value::Object(out))
-            }
-        }
         if std::str::from_utf8(body).is_err() {
             return Err(Failure::one(
                 400,
@@ -1040,8 +990,17 @@ mod tests {
             let msg = format!("nests objects and arrays deeper than {max_depth}");
             return Err(Failure::one(400, "too_deep", "", "maxDepth", &msg));
         }
-        match serde_json::from_slice::<Strict>(body) {
-            Ok(Strict(v)) => Ok(v),
+        let top = Level {
+            depth: 0,
+            max_depth: u32::MAX,
+            names_to_fold: &Cell::new(false),
+        };
+        let mut parser = serde_json::Deserializer::from_slice(body);
+        match top
+            .deserialize(&mut parser)
+            .and_then(|v| parser.end().map(|()| v))
+        {
+            Ok(v) => Ok(v),
             Err(e) => {
                 let msg = e.to_string();
                 let rule = if msg.starts_with(DUPLICATE_KEY) {
